@@ -1,0 +1,41 @@
+# Convenience wrapper around meson: `make demo` and `make check` do all the
+# set-up on a fresh Debian 12 machine (packages, configure, build).
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+MESON_TEST_ARGS ?=
+
+.PHONY: all deps test-deps build asan demo check unit clean
+
+all: build
+
+deps:
+	@scripts/setup.sh
+
+test-deps:
+	@scripts/setup.sh --test
+
+$(BUILD)/build.ninja:
+	meson setup $(BUILD)
+
+$(ASAN_BUILD)/build.ninja:
+	meson setup $(ASAN_BUILD) -Db_sanitize=address,undefined -Db_lundef=false -Dguest_tests=false
+
+build: deps $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+asan: deps $(ASAN_BUILD)/build.ninja
+	ninja -C $(ASAN_BUILD)
+
+demo: build
+	@scripts/demo.sh $(BUILD)
+
+# Every test: the normal build's suites, then the unit tests again under
+# ASan+UBSan.  The last line is the total, "N passed, N failed".
+check: test-deps build asan
+	@scripts/check.sh $(BUILD) $(ASAN_BUILD) $(MESON_TEST_ARGS)
+
+unit: build
+	meson test -C $(BUILD) --suite unit --print-errorlogs
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)
