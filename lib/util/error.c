@@ -63,7 +63,14 @@ int vmm_error_prefix(const char *fmt, ...)
     vsnprintf(prefix, sizeof(prefix), fmt, ap);
     va_end(ap);
     memcpy(old, error_message, sizeof(old));
-    snprintf(error_message, sizeof(error_message), "%s: %s", prefix, old);
+    /* Truncation is acceptable: the context comes first. */
+    size_t len = strnlen(prefix, ERROR_MAX - 3);
+    memcpy(error_message, prefix, len);
+    memcpy(error_message + len, ": ", 2);
+    size_t rest = ERROR_MAX - len - 3;
+    size_t old_len = strnlen(old, rest);
+    memcpy(error_message + len + 2, old, old_len);
+    error_message[len + 2 + old_len] = '\0';
     if (!error_errno)
         error_errno = EINVAL;
     return -1;
