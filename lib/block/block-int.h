@@ -33,6 +33,8 @@ struct block_driver;
 #define BLOCK_O_NATIVE_AIO   (1u << 4)  /* aio=native: libaio */
 #define BLOCK_O_CHECK        (1u << 5)  /* opened for check: tolerate damage */
 #define BLOCK_O_NO_REPAIR    (1u << 6)  /* do not repair a dirty image on open */
+#define BLOCK_O_BACKING_RW   (1u << 7)  /* open the first backing node read-write (commit) */
+#define BLOCK_O_PROBED       (1u << 8)  /* the format was probed, not given (set by the core) */
 
 /* Request flags. */
 #define BLOCK_REQ_FUA        (1u << 0)  /* write reaches stable storage */
@@ -165,6 +167,11 @@ struct block_driver {
     int (*change_backing_file)(struct block_node *bs, const char *filename, const char *format);
     /* Mark the image empty (commit -d uses it on the top layer). */
     int (*make_empty)(struct block_node *bs);
+    /* qemu-img measure: bytes a new image with `create_opts` needs to hold
+     * the allocated content of `src` (NULL: an empty image of
+     * create_opts' size), and when fully allocated. Optional. */
+    int (*measure)(void *create_opts, struct block_node *src,
+                   uint64_t *required, uint64_t *fully_allocated);
 };
 
 /* ---- what drivers call: synchronous, thread-safe I/O on a child node ---- */

@@ -167,3 +167,27 @@ int vmm_opts_check_all_used(const vmm_opts *o, const char *owner)
     }
     return 0;
 }
+
+vmm_opts *vmm_opts_new(void)
+{
+    vmm_opts *o = calloc(1, sizeof(*o));
+    if (!o)
+        vmm_set_error(ENOMEM, "out of memory");
+    return o;
+}
+
+int vmm_opts_add(vmm_opts *o, const char *key, const char *value)
+{
+    char *k = strdup(key), *v = strdup(value ? value : "");
+    if (!k || !v) {
+        free(k);
+        free(v);
+        return vmm_set_error(ENOMEM, "out of memory");
+    }
+    return add_entry(o, k, v);
+}
+
+bool vmm_opts_used(const vmm_opts *o, size_t i)
+{
+    return i < o->count && o->entries[i].used;
+}

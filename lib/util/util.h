@@ -38,6 +38,11 @@ const char *vmm_opts_value(const vmm_opts *opts, size_t i);
 const char *vmm_opts_get(vmm_opts *opts, const char *key);
 /* Fails naming the first key no vmm_opts_get asked for. */
 int vmm_opts_check_all_used(const vmm_opts *opts, const char *owner);
+/* An empty option set, and adding one key (fails if the key is present). */
+vmm_opts *vmm_opts_new(void);
+int vmm_opts_add(vmm_opts *opts, const char *key, const char *value);
+/* Whether `key` was asked for by vmm_opts_get. */
+bool vmm_opts_used(const vmm_opts *opts, size_t i);
 
 /* ---- typed property tables --------------------------------------------- */
 enum vmm_prop_type {
