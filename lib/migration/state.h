@@ -80,4 +80,25 @@ int state_load(const struct state_desc *desc, void *state, const uint8_t *data,
                size_t len, size_t *consumed);
 void state_buf_free(struct state_buf *buf);
 
+/* ---- additions (the declarations above are the contract) ---------------- */
+
+/* Deepest nesting of subsections a description or a stream may have. */
+#define STATE_MAX_DEPTH 8
+/* Most subsections one description may list. */
+#define STATE_MAX_SUBSECTIONS 64
+
+/* Append the section for `state` as `version` (within [min_version,
+ * version]) writes it: fields newer than `version` are left out.
+ * Subsections are written at their own current version.  For tests and for
+ * streams meant for an older destination. */
+int state_save_version(const struct state_desc *desc, const void *state,
+                       uint32_t version, struct state_buf *out);
+/* Bytes the fields present at `version` take in a body (the subsection
+ * count and subsections not included). */
+size_t state_fields_size(const struct state_desc *desc, uint32_t version);
+/* Find mistakes in a description (fields outside the struct, versions out
+ * of order, duplicate subsection names, nesting too deep...).  state_save
+ * and state_load run it too; tests call it to fail early. */
+int state_desc_check(const struct state_desc *desc);
+
 #endif
