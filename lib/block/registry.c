@@ -1,12 +1,20 @@
 /* The table of block drivers and its introspection. */
 #include <errno.h>
 #include <string.h>
-#include "block-int.h"
+#include "block-core.h"
 #include "introspect.h"
 
 static const struct block_driver *const drivers[] = {
-    NULL, /* drivers are added here as they land */
+    &block_driver_file,
+    &block_driver_host_device,
+    &block_driver_raw,
+    /* &block_driver_qcow2 is added once lib/block/qcow2.c defines it */
 };
+
+const struct block_driver *block_driver_at(size_t i)
+{
+    return i < VMM_ARRAY_SIZE(drivers) ? drivers[i] : NULL;
+}
 
 const struct block_driver *block_driver_find(const char *name)
 {
