@@ -1,0 +1,113 @@
+#!/usr/bin/python3
+"""Boot one test guest under qemu-system-x86_64 -machine microvm and check it.
+
+Usage: run-qemu.py EXPECTATIONS_JSON TEST_NAME GUEST_ELF [--qemu PATH]
+
+The machine, the exit status and the console patterns come from
+tests/guest/expectations.json, the same data the libvmm-side runner reads.
+Exit status: 0 pass, 1 fail, 77 skip (no usable /dev/kvm or no QEMU).
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+SKIP = 77
+
+
+def qemu_command(qemu, conf, test, elf):
+    cmd = [
+        qemu,
+        "-machine", conf["machine"],
+        "-enable-kvm",
+        "-cpu", conf["cpu"],
+        "-smp", str(test["cpus"]),
+        "-m", test["memory"],
+        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+        "-serial", "stdio",
+        "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+        "-kernel", elf,
+    ]
+    if test.get("cmdline"):
+        cmd += ["-append", test["cmdline"]]
+    return cmd
+
+
+def check_rtc(console, tolerance_s):
+    """The guest's 'rtc: ...' line must be close to the host's UTC clock."""
+    m = re.search(r"^rtc: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", console, re.MULTILINE)
+    if not m:
+        return ["no 'rtc: YYYY-MM-DD HH:MM:SS' line"]
+    guest = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
+    host = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    delta = abs((host - guest).total_seconds())
+    if delta > tolerance_s:
+        return [f"guest RTC {guest} is {delta:.0f} s away from host UTC {host:%Y-%m-%d %H:%M:%S}"]
+    return []
+
+
+def check(test, status, console):
+    problems = []
+    if status != test["status"]:
+        problems.append(f"exit status {status}, expected {test['status']}")
+    for pattern in test.get("console", []):
+        if not re.search(pattern, console, re.MULTILINE):
+            problems.append(f"console does not match {pattern!r}")
+    for pattern in test.get("absent", []):
+        m = re.search(pattern, console, re.MULTILINE)
+        if m:
+            problems.append(f"console unexpectedly matches {pattern!r}: {m.group(0)!r}")
+    if "rtc_utc_tolerance_s" in test:
+        problems += check_rtc(console, test["rtc_utc_tolerance_s"])
+    return problems
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("expectations")
+    ap.add_argument("test")
+    ap.add_argument("elf")
+    ap.add_argument("--qemu", default="qemu-system-x86_64")
+    args = ap.parse_args()
+
+    with open(args.expectations) as f:
+        data = json.load(f)
+    test = data["tests"][args.test]
+    conf = data["qemu"]
+
+    qemu = shutil.which(args.qemu)
+    if not qemu:
+        print(f"SKIP: {args.qemu} not found")
+        return SKIP
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        print("SKIP: /dev/kvm is missing or not accessible")
+        return SKIP
+
+    cmd = qemu_command(qemu, conf, test, args.elf)
+    print("+ " + " ".join(cmd), flush=True)
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=conf["timeout_s"])
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode(errors="replace")
+        print(out)
+        print(f"FAIL: {args.test}: no exit within {conf['timeout_s']} s (guest hung?)")
+        return 1
+    console = proc.stdout.decode(errors="replace").replace("\r", "")
+    print(console, end="" if console.endswith("\n") else "\n")
+    if proc.stderr:
+        print("qemu stderr:\n" + proc.stderr.decode(errors="replace"))
+    problems = check(test, proc.returncode, console)
+    for p in problems:
+        print(f"FAIL: {args.test}: {p}")
+    if not problems:
+        print(f"PASS: {args.test} (status {proc.returncode})")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
