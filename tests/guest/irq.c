@@ -90,6 +90,7 @@ static bool test_ioapic(const struct madt_info *madt, bool have_madt)
     bool ok = wait_for(&com1_irqs, 1);
     outb(COM1 + UART_IER, 0);
     outb(COM1 + UART_MCR, 0x03);
+    console_flush();
     ioapic_mask(COM1_IRQ);
     printf("irq: ioapic pin %u (com1): %s, iir=0x%x\n", COM1_IRQ,
            ok ? "delivered" : "never arrived", com1_iir);

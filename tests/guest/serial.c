@@ -37,8 +37,16 @@ static bool check_scratch(void)
     return true;
 }
 
+static void drain_transmitter(void)
+{
+    while (!(inb(COM1 + UART_LSR) & 0x40))   /* TEMT: FIFO and shifter empty */
+        cpu_relax();
+    console_flush();
+}
+
 static bool check_fifo_id(void)
 {
+    drain_transmitter();                      /* FCR=7 clears the TX FIFO */
     outb(COM1 + UART_FCR, 0x07);
     uint8_t iir = inb(COM1 + UART_IIR);
     if ((iir & 0xc0) != 0xc0) {
@@ -51,8 +59,7 @@ static bool check_fifo_id(void)
 static bool check_loopback(void)
 {
     /* Drain the transmitter so the byte cannot reach the console. */
-    while (!(inb(COM1 + UART_LSR) & 0x40))
-        cpu_relax();
+    drain_transmitter();
     while (inb(COM1 + UART_LSR) & 0x01)
         (void)inb(COM1 + UART_RBR);
     outb(COM1 + UART_MCR, MCR_LOOP | 0x03);
@@ -62,6 +69,7 @@ static bool check_loopback(void)
         cpu_relax();
     uint8_t got = inb(COM1 + UART_RBR);
     outb(COM1 + UART_MCR, 0x03);
+    console_flush();
     if (!(lsr & 0x01) || got != 'Z') {
         printf("serial: loopback gave lsr=0x%x data=0x%x\n", lsr, got);
         return false;

@@ -55,6 +55,7 @@ int main(const struct hvm_start_info *si);
 const struct hvm_start_info *start_info(void);
 const char *start_cmdline(void);   /* "" when the loader gave none */
 uint64_t cmdline_u64(const char *key, uint64_t fallback); /* "key=123" */
+bool cmdline_is(const char *key, const char *value);      /* "key=value" */
 size_t memmap_count(void);
 const struct hvm_memmap_entry *memmap_entry(size_t i);
 const char *memmap_type_name(uint32_t type);
@@ -119,6 +120,8 @@ int printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int vprintf(const char *fmt, va_list ap);
 int snprintf(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void console_break_lock(void);     /* exception path: take the console */
+/* Forget FIFO credit: call after touching the UART's registers directly. */
+void console_flush(void);
 
 /* ---- spinlock (xchg-based; no cmpxchg16b, no fancy atomics) */
 typedef struct { volatile uint32_t locked; } spinlock_t;

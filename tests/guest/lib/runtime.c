@@ -54,39 +54,53 @@ static bool is_space(char c)
     return c == ' ' || c == '\t' || c == '\n';
 }
 
-uint64_t cmdline_u64(const char *key, uint64_t fallback)
+/* The value of "key=value" (up to the next blank), or NULL. */
+static const char *cmdline_find(const char *key)
 {
     const char *p = start_cmdline();
     size_t klen = strlen(key);
     while (*p) {
         while (is_space(*p))
             p++;
-        if (strncmp(p, key, klen) == 0 && p[klen] == '=') {
-            const char *d = p + klen + 1;
-            uint64_t v = 0;
-            unsigned base = 10;
-            if (d[0] == '0' && (d[1] == 'x' || d[1] == 'X')) {
-                base = 16;
-                d += 2;
-            }
-            for (;; d++) {
-                unsigned digit;
-                if (*d >= '0' && *d <= '9')
-                    digit = (unsigned)(*d - '0');
-                else if (base == 16 && *d >= 'a' && *d <= 'f')
-                    digit = (unsigned)(*d - 'a' + 10);
-                else if (base == 16 && *d >= 'A' && *d <= 'F')
-                    digit = (unsigned)(*d - 'A' + 10);
-                else
-                    break;
-                v = v * base + digit;
-            }
-            return v;
-        }
+        if (strncmp(p, key, klen) == 0 && p[klen] == '=')
+            return p + klen + 1;
         while (*p && !is_space(*p))
             p++;
     }
-    return fallback;
+    return NULL;
+}
+
+bool cmdline_is(const char *key, const char *value)
+{
+    const char *v = cmdline_find(key);
+    size_t n = strlen(value);
+    return v && strncmp(v, value, n) == 0 && (v[n] == '\0' || is_space(v[n]));
+}
+
+uint64_t cmdline_u64(const char *key, uint64_t fallback)
+{
+    const char *d = cmdline_find(key);
+    if (!d)
+        return fallback;
+    uint64_t v = 0;
+    unsigned base = 10;
+    if (d[0] == '0' && (d[1] == 'x' || d[1] == 'X')) {
+        base = 16;
+        d += 2;
+    }
+    for (;; d++) {
+        unsigned digit;
+        if (*d >= '0' && *d <= '9')
+            digit = (unsigned)(*d - '0');
+        else if (base == 16 && *d >= 'a' && *d <= 'f')
+            digit = (unsigned)(*d - 'a' + 10);
+        else if (base == 16 && *d >= 'A' && *d <= 'F')
+            digit = (unsigned)(*d - 'A' + 10);
+        else
+            break;
+        v = v * base + digit;
+    }
+    return v;
 }
 
 size_t memmap_count(void)
