@@ -1,0 +1,6 @@
+/* libvmm — the umbrella header: include this one. */
+#ifndef LIBVMM_H
+#define LIBVMM_H
+#include "common.h"
+#include "machine.h"
+#endif

@@ -1,0 +1,102 @@
+/* The machine object (internal): guest memory, address spaces, vCPUs,
+ * devices and the I/O thread of one virtual machine.  Nothing here is global:
+ * several machines live side by side in one process. */
+#ifndef LIBVMM_MACHINE_INT_H
+#define LIBVMM_MACHINE_INT_H
+
+#include <glib.h>
+#include <glib-unix.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include "libvmm/machine.h"
+#include "util/util.h"
+#include "kvm/kvm.h"
+#include "machine/memory.h"
+#include "machine/address-space.h"
+
+struct device;
+struct vcpu;
+
+/* The machine's configuration: every field is a machine property. */
+struct machine_config {
+    uint64_t memory;
+    uint32_t cpus;
+    char *kernel;
+    char *initrd;
+    char *cmdline;
+    char *cpu_model;
+    bool reboot;
+    char *name;
+};
+
+struct machine_class {
+    const char *name;
+    const char *help;
+    /* Lay out memory and create the platform devices (before user devices). */
+    int (*init)(vmm_machine *m);
+    /* Load the kernel, build firmware tables, set the boot vCPU state. */
+    int (*load)(vmm_machine *m);
+};
+
+extern const struct machine_class machine_microvm;
+
+struct vmm_machine {
+    const struct machine_class *cls;
+    struct machine_config cfg;
+
+    pthread_mutex_t lock;          /* state, exit reason, pause handshake */
+    pthread_cond_t cond;
+    enum vmm_machine_state state;
+    enum vmm_exit_reason exit_reason;
+    int exit_code;
+    char exit_message[512];
+    bool pause_wanted;             /* vCPUs park while set */
+    unsigned parked;               /* vCPUs parked right now */
+
+    struct kvm_vm vm;
+    struct guest_memory mem;
+    struct address_space pio, mmio;
+    struct vcpu **vcpus;
+    unsigned nr_vcpus;
+    struct device *devices;        /* in creation order */
+    struct device *devices_tail;
+
+    vmm_output_fn serial_fn;
+    void *serial_data;
+    vmm_free_fn serial_free;
+    int serial_in_fd, serial_out_fd;
+    struct device *console;        /* the UART the console is wired to */
+
+    GMainContext *io_context;
+    GMainLoop *io_loop;
+    GThread *io_thread;
+    atomic_bool reset_pending;
+
+    /* Platform facts the loaders and tables need. */
+    uint64_t ram_below_4g, ram_above_4g;
+    uint64_t rsdp_addr;
+};
+
+/* ---- for devices and the vCPU loop ------------------------------------- */
+/* End the machine (first reason wins) and kick every vCPU out. Never call
+ * with a device lock held by a path the machine lock orders before. */
+void machine_end(vmm_machine *m, enum vmm_exit_reason reason, int code, const char *fmt, ...)
+    VMM_PRINTF(4, 5);
+/* Guest asked for a reset: restart (reboot=on) or end (reboot=off). */
+void machine_guest_reset(vmm_machine *m, const char *why);
+/* Raise or lower an interrupt line (GSI) of the in-kernel irqchip. */
+int machine_set_irq(vmm_machine *m, unsigned gsi, bool level);
+/* Run `fn` in the machine's I/O thread. */
+void machine_run_in_io_thread(vmm_machine *m, GSourceFunc fn, void *data);
+/* Console output from the UART the console is wired to. */
+void machine_console_output(vmm_machine *m, const void *data, size_t len);
+/* Park the calling vCPU while a pause is wanted; returns false when the
+ * machine ended and the vCPU should leave its loop. */
+bool machine_vcpu_checkpoint(vmm_machine *m);
+
+int machine_add_device_opts(vmm_machine *m, const char *spec, bool platform);
+struct device *machine_find_device(vmm_machine *m, const char *type);
+
+#endif
