@@ -77,10 +77,15 @@ static bool test_ioapic(const struct madt_info *madt, bool have_madt)
         printf("irq: ioapic does not answer sensibly\n");
         return false;
     }
+    uint32_t pin = have_madt ? madt->isa_irq_gsi[COM1_IRQ] - madt->ioapic_gsi_base : COM1_IRQ;
+    if (pin >= pins) {
+        printf("irq: com1's GSI is not on the first ioapic\n");
+        return false;
+    }
     uint8_t vector = VECTOR_IOAPIC_BASE + COM1_IRQ;
     idt_set_handler(vector, on_com1);
-    ioapic_route(COM1_IRQ, vector, (uint8_t)x2apic_id());
-    uint32_t entry = ioapic_read(0x10 + 2 * COM1_IRQ);
+    ioapic_route(pin, vector, (uint8_t)x2apic_id());
+    uint32_t entry = ioapic_read((uint8_t)(0x10 + 2 * pin));
     if ((entry & 0x1ffff) != vector) {
         printf("irq: ioapic entry reads back 0x%x\n", entry);
         return false;
@@ -91,8 +96,8 @@ static bool test_ioapic(const struct madt_info *madt, bool have_madt)
     outb(COM1 + UART_IER, 0);
     outb(COM1 + UART_MCR, 0x03);
     console_flush();
-    ioapic_mask(COM1_IRQ);
-    printf("irq: ioapic pin %u (com1): %s, iir=0x%x\n", COM1_IRQ,
+    ioapic_mask(pin);
+    printf("irq: ioapic pin %u (com1): %s, iir=0x%x\n", pin,
            ok ? "delivered" : "never arrived", com1_iir);
     return ok && (com1_iir & 0x0f) == 0x02;
 }

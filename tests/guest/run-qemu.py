@@ -22,7 +22,7 @@ SKIP = 77
 def qemu_command(qemu, conf, test, elf):
     cmd = [
         qemu,
-        "-machine", conf["machine"],
+        "-machine", test.get("qemu_machine", conf["machine"]),
         "-enable-kvm",
         "-cpu", conf["cpu"],
         "-smp", str(test["cpus"]),

@@ -14,10 +14,14 @@ int main(const struct hvm_start_info *si)
 {
     (void)si;
     struct madt_info madt;
-    if (!madt_parse(&madt))
-        guest_fail("smp: no MADT in the ACPI tables");
+    const char *source = "MADT";
+    if (!madt_parse(&madt)) {
+        source = "MP table";
+        if (!mptable_parse(&madt))
+            guest_fail("smp: neither an ACPI MADT nor an MP table lists the cpus");
+    }
     x2apic_enable();
-    printf("smp: MADT lists %u cpus:", madt.cpu_count);
+    printf("smp: %s lists %u cpus:", source, madt.cpu_count);
     for (unsigned i = 0; i < madt.cpu_count && i < MAX_CPUS; i++)
         printf(" %u", madt.apic_ids[i]);
     printf("\n");

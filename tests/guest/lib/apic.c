@@ -70,7 +70,10 @@ void udelay(uint64_t us)
         wrmsr(X2APIC_MSR_TIMER_DIV, TIMER_DIVIDE_BY_1);
         wrmsr(X2APIC_MSR_LVT_TIMER, APIC_LVT_MASKED | VECTOR_TIMER);
         wrmsr(X2APIC_MSR_TIMER_INIT, (uint32_t)(chunk * 1000));
-        while (rdmsr(X2APIC_MSR_TIMER_CUR) != 0)
+        /* Bounded by the TSC too (assuming < 10 GHz), so a timer that
+         * never counts down cannot hang the guest. */
+        uint64_t start = rdtsc();
+        while (rdmsr(X2APIC_MSR_TIMER_CUR) != 0 && rdtsc() - start < chunk * 10000)
             cpu_relax();
         us -= chunk;
     }

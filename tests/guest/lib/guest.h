@@ -208,6 +208,7 @@ struct madt_info {
     uint64_t ioapic_base;             /* first IOAPIC */
     uint32_t ioapic_gsi_base;
     uint64_t lapic_base;
+    uint32_t isa_irq_gsi[16];         /* ISA IRQ -> GSI (interrupt source overrides) */
 };
 uint64_t acpi_find_rsdp(void);        /* start_info first, then 0xe0000-0xfffff */
 bool acpi_checksum_ok(const void *p, size_t n);
@@ -215,6 +216,7 @@ size_t acpi_table_count(void);
 const struct acpi_sdt_header *acpi_table(size_t i);
 const struct acpi_sdt_header *acpi_find_table(const char sig[4]);
 bool madt_parse(struct madt_info *out);
+bool mptable_parse(struct madt_info *out);  /* MP spec 1.4 tables, same result */
 
 /* ---- SMP */
 #define AP_TRAMPOLINE_ADDR 0x8000
