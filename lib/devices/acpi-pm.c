@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 #include "devices/device.h"
+#include "devices/device-state.h"
 #include "devices/acpi-pm.h"
 
 #define PM1_STS_PWRBTN   (1u << 8)
@@ -14,9 +15,6 @@
 #define PM1_CNT_SLP_EN   (1u << 13)
 #define PM_TIMER_HZ      3579545ull
 
-struct acpi_pm_state {
-    uint16_t sts, en, cnt;
-};
 
 struct acpi_pm {
     struct device dev;

@@ -3,17 +3,12 @@
 #include <errno.h>
 #include <string.h>
 #include "devices/device.h"
+#include "devices/device-state.h"
 
 #define STATUS_OBF    0x01   /* output buffer full */
 #define STATUS_SYS    0x04   /* self test passed */
 #define STATUS_CMD    0x08   /* last write was a command */
-#define QUEUE_SIZE    16
 
-struct i8042_state {
-    uint8_t status, config, pending_cmd;
-    uint8_t queue_len;
-    uint8_t queue[QUEUE_SIZE];
-};
 
 struct i8042 {
     struct device dev;
@@ -22,7 +17,7 @@ struct i8042 {
 
 static void push(struct i8042 *k, uint8_t byte)
 {
-    if (k->s.queue_len < QUEUE_SIZE)
+    if (k->s.queue_len < I8042_QUEUE_SIZE)
         k->s.queue[k->s.queue_len++] = byte;
     k->s.status |= STATUS_OBF;
 }
@@ -128,8 +123,8 @@ static int i8042_post_load(void *opaque, uint32_t version)
 {
     (void)version;
     struct i8042_state *s = opaque;
-    if (s->queue_len > QUEUE_SIZE)
-        return vmm_set_error(EINVAL, "i8042: queue_len %u exceeds %u", s->queue_len, QUEUE_SIZE);
+    if (s->queue_len > I8042_QUEUE_SIZE)
+        return vmm_set_error(EINVAL, "i8042: queue_len %u exceeds %u", s->queue_len, I8042_QUEUE_SIZE);
     if (s->pending_cmd != 0 && s->pending_cmd != 0x60 && s->pending_cmd != 0xd1)
         return vmm_set_error(EINVAL, "i8042: 0x%02x is not a command that takes data",
                              s->pending_cmd);

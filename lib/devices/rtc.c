@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 #include "devices/device.h"
+#include "devices/device-state.h"
 
 enum {
     RTC_SEC = 0, RTC_MIN = 2, RTC_HOUR = 4, RTC_WDAY = 6, RTC_MDAY = 7, RTC_MON = 8,
@@ -16,13 +17,7 @@ enum {
 #define B_24H 0x02
 #define A_UIP 0x80
 #define D_VRT 0x80
-#define CMOS_SIZE 128
 
-struct rtc_state {
-    uint8_t index;
-    uint8_t cmos[CMOS_SIZE];
-    uint64_t offset;        /* guest time minus host time, seconds (two's complement) */
-};
 
 struct rtc {
     struct device dev;

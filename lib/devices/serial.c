@@ -5,8 +5,8 @@
 #include <glib.h>
 #include <string.h>
 #include "devices/device.h"
+#include "devices/device-state.h"
 
-#define UART_FIFO_SIZE 16
 #define HOST_QUEUE_MAX (1u << 20)
 
 enum { RBR_THR = 0, IER = 1, IIR_FCR = 2, LCR = 3, MCR = 4, LSR = 5, MSR = 6, SCR = 7 };
@@ -34,12 +34,6 @@ enum { RBR_THR = 0, IER = 1, IIR_FCR = 2, LCR = 3, MCR = 4, LSR = 5, MSR = 6, SC
 #define MSR_DSR  0x20
 #define MSR_DCD  0x80
 
-struct serial_state {
-    uint8_t ier, lcr, mcr, lsr, msr, scr, fcr, dll, dlm;
-    uint8_t thr_pending;            /* THRE interrupt waiting to be seen */
-    uint8_t rx_count;
-    uint8_t rx_fifo[UART_FIFO_SIZE];
-};
 
 struct serial {
     struct device dev;

@@ -1,0 +1,53 @@
+/* Boot one guest through the public API with the console on a callback,
+ * and exit with the machine's status: what the guest suite runs.
+ * Usage: boot-guest KERNEL CPUS MEMORY CMDLINE TIMEOUT_S */
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <libvmm/libvmm.h>
+
+static void console(void *user_data, const void *data, size_t len)
+{
+    (void)user_data;
+    fwrite(data, 1, len, stdout);
+}
+
+static int fail(const char *what)
+{
+    fprintf(stderr, "boot-guest: %s: %s (errno %d)\n", what, vmm_get_error(), vmm_get_errno());
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 6) {
+        fprintf(stderr, "usage: boot-guest KERNEL CPUS MEMORY CMDLINE TIMEOUT_S\n");
+        return 2;
+    }
+    vmm_machine *m = vmm_machine_new("microvm");
+    if (!m)
+        return fail("new");
+    if (vmm_machine_set(m, "kernel", argv[1]) < 0 || vmm_machine_set(m, "cpus", argv[2]) < 0 ||
+        vmm_machine_set(m, "memory", argv[3]) < 0 || vmm_machine_set(m, "cmdline", argv[4]) < 0 ||
+        vmm_machine_set(m, "reboot", "off") < 0)
+        return fail("set");
+    if (vmm_machine_add_device(m, "isa-debug-exit,iobase=0xf4,iosize=4") < 0)
+        return fail("add_device");
+    if (vmm_machine_set_serial_callback(m, console, NULL, NULL) < 0)
+        return fail("serial");
+    if (vmm_machine_start(m) < 0)
+        return fail("start");
+    if (vmm_machine_wait(m, atoi(argv[5]) * 1000) < 0) {
+        fflush(stdout);
+        fprintf(stderr, "boot-guest: %s\n", vmm_get_error());
+        vmm_machine_free(m);
+        return 124;
+    }
+    fflush(stdout);
+    enum vmm_exit_reason reason = vmm_machine_exit_reason(m);
+    int status = reason == VMM_EXIT_TEST ? vmm_machine_exit_code(m) & 0xff : reason == VMM_EXIT_ERROR;
+    if (reason != VMM_EXIT_TEST)
+        fprintf(stderr, "boot-guest: %s\n", vmm_machine_exit_message(m));
+    vmm_machine_free(m);
+    return status;
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/python3
+"""Boot one test guest through libvmm's public API and check it against
+tests/guest/expectations.json (the same data run-qemu.py checks QEMU with).
+
+Usage: run-libvmm.py EXPECTATIONS_JSON TEST_NAME GUEST_ELF BOOT_GUEST
+Exit status: 0 pass, 1 fail, 77 skip (no usable /dev/kvm).
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+SKIP = 77
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def load_checker():
+    path = os.path.join(HERE, "..", "guest", "run-qemu.py")
+    spec = importlib.util.spec_from_file_location("run_qemu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.check
+
+
+def main():
+    expectations, name, elf, boot_guest = sys.argv[1:5]
+    with open(expectations) as f:
+        data = json.load(f)
+    test = data["tests"][name]
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        print("SKIP: /dev/kvm is missing or not accessible")
+        return SKIP
+    timeout = data["qemu"]["timeout_s"]
+    cmd = [boot_guest, elf, str(test["cpus"]), test["memory"], test.get("cmdline", ""), str(timeout)]
+    print("+ " + " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=timeout + 30)
+    console = proc.stdout.decode(errors="replace").replace("\r", "")
+    print(console, end="" if console.endswith("\n") else "\n")
+    if proc.stderr:
+        print("stderr:\n" + proc.stderr.decode(errors="replace"))
+    problems = load_checker()(test, proc.returncode, console)
+    for p in problems:
+        print(f"FAIL: {name}: {p}")
+    if not problems:
+        print(f"PASS: {name} (status {proc.returncode})")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
