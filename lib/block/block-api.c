@@ -317,14 +317,17 @@ static void complete(vmm_block *blk, struct req *rq)
     if (blk->efd >= 0) {
         pthread_mutex_lock(&blk->lock);
         rq->next = NULL;
+        bool was_empty = !blk->done_head;
         if (blk->done_tail)
             blk->done_tail->next = rq;
         else
             blk->done_head = rq;
         blk->done_tail = rq;
         pthread_mutex_unlock(&blk->lock);
+        /* One wake-up per batch: the dispatcher reads the eventfd before it
+         * takes the list, so an append to a non-empty list is seen. */
         uint64_t one = 1;
-        if (write(blk->efd, &one, sizeof(one)) < 0) {
+        if (was_empty && write(blk->efd, &one, sizeof(one)) < 0) {
             /* the counter cannot overflow in practice; nothing to do */
         }
         return;
@@ -421,7 +424,8 @@ LIBVMM_EXPORT int vmm_block_submit(vmm_block *blk, const struct vmm_block_reques
         pthread_mutex_unlock(&blk->lock);
         return vmm_set_error(EAGAIN, "vmm_block_submit: cannot start a worker thread");
     }
-    pthread_cond_signal(&blk->work_cond);
+    if (blk->idle_threads)
+        pthread_cond_signal(&blk->work_cond);
     pthread_mutex_unlock(&blk->lock);
     return 0;
 }

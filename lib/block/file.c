@@ -94,16 +94,18 @@ static int take_locks(struct block_node *bs, int fd, unsigned flags)
     for (size_t i = 0; i < VMM_ARRAY_SIZE(bits); i++) {
         int bit = bits[i];
         struct flock fl;
+        bool shared = false;
         if (((perms >> bit) & 1) && !lock_byte(fd, LOCK_SHARED_BASE + bit, F_WRLCK, F_OFD_GETLK, &fl) &&
             fl.l_type != F_UNLCK)
             goto conflict;
+        shared = true;
         if (((unshared >> bit) & 1) && !lock_byte(fd, LOCK_PERM_BASE + bit, F_WRLCK, F_OFD_GETLK, &fl) &&
             fl.l_type != F_UNLCK)
             goto conflict;
         continue;
 conflict:
-        vmm_set_error(EAGAIN, "%s: Failed to get \"%s\" lock: is another process using the image?",
-                      bs->filename, perm_name(bit));
+        vmm_set_error(EAGAIN, "%s: Failed to get %s\"%s\" lock: is another process using the image?",
+                      bs->filename, shared ? "shared " : "", perm_name(bit));
         return -EAGAIN;
     }
     return 0;
