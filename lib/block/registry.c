@@ -8,7 +8,7 @@ static const struct block_driver *const drivers[] = {
     &block_driver_file,
     &block_driver_host_device,
     &block_driver_raw,
-    /* &block_driver_qcow2 is added once lib/block/qcow2.c defines it */
+    &block_driver_qcow2,
 };
 
 const struct block_driver *block_driver_at(size_t i)
