@@ -178,7 +178,7 @@ static int raw_create(const char *filename, struct block_node *file, void *creat
         return -EINVAL;
     }
     int ret = block_node_truncate(file, o->size, true, (enum block_prealloc)o->preallocation);
-    if (ret < 0 || o->preallocation != PREALLOC_OFF || !o->size)
+    if (ret < 0 || o->preallocation == PREALLOC_FULL || !o->size)
         return ret;
     /* Allocate the first block, as qemu does, so that O_DIRECT alignment
      * probing and `map` see the same layout as qemu's images. */

@@ -710,7 +710,7 @@ int cmd_bench(int argc, char **argv)
             b.depth = (int)v;
             break;
         case 'f': fmt = optarg; break;
-        case 'n': flags |= VMM_BLOCK_NOCACHE; break;
+        case 'n': flags |= VMM_BLOCK_NATIVE_AIO; break; /* qemu-img bench: -n is native AIO */
         case 'i':
             if (!strcmp(optarg, "native"))
                 flags |= VMM_BLOCK_NATIVE_AIO;
@@ -764,6 +764,8 @@ int cmd_bench(int argc, char **argv)
         return usage_bad();
     if (b.flush_interval && !b.write)
         return err(1, "--flush-interval is only available in write tests");
+    if (b.flush_interval && b.flush_interval < b.depth)
+        return err(1, "Flush interval can't be smaller than depth");
     if (!b.drain && !b.flush_interval)
         return err(1, "--no-drain only makes sense with --flush-interval");
     if (!step_given)
