@@ -706,7 +706,7 @@ LIBVMM_EXPORT int vmm_block_snapshot_create(vmm_block *blk, const char *name)
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     struct block_snapshot sn = { NULL, (char *)name, 0, (uint32_t)now.tv_sec, (uint32_t)now.tv_nsec,
-                                 0, UINT64_MAX };
+                                 0, 0 /* icount 0, as qemu-img writes it */ };
     return blk->root->drv->snapshot_create(blk->root, &sn) < 0 ? fail("vmm_block_snapshot_create", blk) : 0;
 }
 
