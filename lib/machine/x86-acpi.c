@@ -114,7 +114,7 @@ static size_t build_fadt(struct acpi_builder *b, size_t dsdt, size_t facs)
     size_t off = reserve(b, len, 16);
     uint8_t *t = b->buf + off;
     header(t, "FACP", len, 6);
-    le(t + 36, gpa(facs), 4);
+    /* FIRMWARE_CTRL stays 0: ACPI 6 wants only X_FIRMWARE_CTRL set. */
     le(t + 40, gpa(dsdt), 4);
     le(t + 46, ACPI_SCI_GSI, 2);
     le(t + 56, ACPI_PM1_EVT, 4);

@@ -379,7 +379,15 @@ static int elf_entry_physical(vmm_machine *m, const struct blob *k, const Elf64_
     for (unsigned i = 0; i < eh->e_phnum; i++) {
         Elf64_Phdr ph;
         memcpy(&ph, phdr(k, eh, i), sizeof(ph));
-        if (ph.p_type == PT_LOAD && eh->e_entry >= ph.p_vaddr && eh->e_entry - ph.p_vaddr < ph.p_memsz) {
+        if (ph.p_type != PT_LOAD)
+            continue;
+        /* Linux's vmlinux records the physical entry (phys_startup_64);
+         * other kernels may give a virtual one. */
+        if (eh->e_entry >= ph.p_paddr && eh->e_entry - ph.p_paddr < ph.p_memsz) {
+            *out = eh->e_entry;
+            return 0;
+        }
+        if (eh->e_entry >= ph.p_vaddr && eh->e_entry - ph.p_vaddr < ph.p_memsz) {
             *out = ph.p_paddr + (eh->e_entry - ph.p_vaddr);
             return 0;
         }
