@@ -170,7 +170,7 @@ static int convert_chunk(struct convert *cv, uint64_t off, uint64_t len, uint8_t
         int r = 0;
         if (concat_status(cv, off + at, len - at, &zero, &got) < 0)
             return -1;
-        if (zero && cv->sparse) {
+        if (zero && cv->sparse && !cv->compress) { /* -c plans whole clusters */
             r = plan_add(pl, off + at, got, true);
         } else {
             uint8_t *b = buf + at;
@@ -178,7 +178,9 @@ static int convert_chunk(struct convert *cv, uint64_t off, uint64_t len, uint8_t
                 memset(b, 0, got);
             else if (concat_read(cv, off + at, b, got) < 0)
                 return -1;
-            if (!cv->sparse && !cv->compress)
+            if (cv->compress)
+                r = 0; /* planned below, whole clusters at a time */
+            else if (!cv->sparse)
                 r = plan_add(pl, off + at, got, false);
             else
                 r = plan_sparse(cv, off + at, b, got, pl);
@@ -187,6 +189,8 @@ static int convert_chunk(struct convert *cv, uint64_t off, uint64_t len, uint8_t
             return 1;
         at += got;
     }
+    if (cv->compress && plan_sparse(cv, off, buf, len, pl) < 0)
+        return 1;
     if (cv->ordered) { /* writes go out in order, like qemu-img without -W */
         pthread_mutex_lock(&cv->lock);
         while (cv->write_seq != seq && !cv->failed)
