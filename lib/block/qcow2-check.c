@@ -15,6 +15,7 @@ struct refmap {
     uint64_t *c;
     uint64_t n;
     uint64_t limit;       /* clusters beyond this are never counted */
+    uint64_t file_len;    /* check: references past it are errors */
 };
 
 struct check_ctx {
@@ -77,6 +78,13 @@ static int refmap_add(struct block_node *bs, struct refmap *m, struct check_ctx 
     if (!len)
         return 0;
     uint64_t first = offset >> s->cluster_bits, last = (offset + len - 1) >> s->cluster_bits;
+    if (ctx && offset + len > m->file_len && offset + len - m->file_len >= s->cluster_size) {
+        /* the last cluster may be partly past the end, not more */
+        note(ctx, "ERROR: counting reference for region exceeding the end of the file by one "
+             "cluster or more: offset 0x%" PRIx64 " size 0x%" PRIx64, offset, len);
+        ctx->res->corruptions++;
+        return 0;
+    }
     if (last >= m->limit) {
         note(ctx, "ERROR: invalid cluster offset=0x%" PRIx64, offset);
         if (ctx)
@@ -480,7 +488,7 @@ int qcow2_switch_state(struct block_node *bs, struct qcow2_snapshot *snaps, uint
 {
     struct qcow2_state *s = bs->opaque;
     uint64_t cs = s->cluster_size, fclusters = 0;
-    struct refmap m = { NULL, 0, 0 };
+    struct refmap m = { NULL, 0, 0, 0 };
     uint64_t *l1 = calloc(l1_size ? l1_size : 1, 8), *rt = NULL, rt_entries = 0, rt_off = 0;
     uint8_t *stab = NULL, *l1buf = NULL, *t = malloc(cs);
     uint64_t stab_len = 0;
@@ -505,7 +513,7 @@ int qcow2_switch_state(struct block_node *bs, struct qcow2_snapshot *snaps, uint
         r = walk_l1(bs, &m, NULL, snaps[i].l1_offset, snaps[i].l1_size, sl1, 0);
         free(sl1);
     }
-    struct refmap snap_only = { NULL, 0, m.limit };
+    struct refmap snap_only = { NULL, 0, m.limit, 0 };
     if (r >= 0) {
         r = refmap_grow(&snap_only, m.n);
         if (r >= 0)
@@ -745,7 +753,11 @@ static int do_check(struct block_node *bs, struct block_check_result *res, unsig
     int r = file_clusters_of(bs, &fcl);
     if (r < 0)
         return r;
-    struct refmap m = { NULL, 0, fcl + (1ull << 16) };
+    struct refmap m = { NULL, 0, fcl + (1ull << 16), 0 };
+    int64_t flen = block_node_getlength(bs->file);
+    if (flen < 0)
+        return (int)flen;
+    m.file_len = (uint64_t)flen;
     r = refmap_grow(&m, fcl);
     if (r >= 0)
         r = count_metadata(bs, &m, ctx, fix, true);
@@ -846,7 +858,7 @@ int qcow2_repair_on_open(struct block_node *bs)
     int r = file_clusters_of(bs, &fcl);
     if (r < 0)
         return r;
-    struct refmap m = { NULL, 0, fcl + (1ull << 16) };
+    struct refmap m = { NULL, 0, fcl + (1ull << 16), 0 };
     r = count_metadata(bs, &m, NULL, 0, true);
     if (r >= 0)
         r = rebuild_refcounts(bs, &m);

@@ -588,7 +588,8 @@ static int write_compressed(struct block_node *bs, uint64_t offset, uint64_t byt
 {
     struct qcow2_state *s = bs->opaque;
     uint64_t cs = s->cluster_size;
-    if ((offset & (cs - 1)) || (bytes != cs && offset + bytes != bs->size) || bytes > cs)
+    /* one whole cluster, or the start of the image's last, partial one */
+    if ((offset & (cs - 1)) || bytes > cs || (bytes != cs && offset + cs < bs->size))
         return QCOW2_ERR(EINVAL, "qcow2: compressed writes must cover one whole cluster");
     uint8_t *in = calloc(1, cs), *out = malloc(cs);
     int r = 0;

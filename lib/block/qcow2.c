@@ -769,13 +769,12 @@ static int write_size(struct block_node *bs, uint64_t size)
 static int used_end(struct block_node *bs, uint64_t *end)
 {
     struct qcow2_state *s = bs->opaque;
-    uint64_t limit = s->rt_size << s->rb_bits;
-    int64_t flen = block_node_getlength(bs->file);
-    if (flen < 0)
-        return (int)flen;
-    uint64_t c = qcow2_size_to_clusters(s, (uint64_t)flen);
-    if (c > limit)
-        c = limit;
+    uint64_t c = 0;
+    for (uint64_t i = s->rt_size; i > 0; i--)
+        if (s->rt[i - 1]) {
+            c = i << s->rb_bits;
+            break;
+        }
     while (c > 0) {
         uint64_t rc;
         int r = qcow2_get_refcount(bs, c - 1, &rc);
@@ -908,8 +907,6 @@ static int check_create_opts(const struct qcow2_create_opts *o, int version)
         return QCOW2_ERR(EINVAL, "qcow2: backing format cannot be used without backing file");
     if (o->backing_file && strlen(o->backing_file) > QCOW2_MAX_BACKING_NAME)
         return QCOW2_ERR(EINVAL, "qcow2: backing file name too long");
-    if (o->size & 511)
-        return QCOW2_ERR(EINVAL, "qcow2: image size must be a multiple of 512 bytes");
     if (o->size > (1ull << 61))
         return QCOW2_ERR(EFBIG, "qcow2: image size too large");
     if (o->backing_file && o->preallocation != PREALLOC_OFF)
@@ -976,7 +973,9 @@ static int qcow2_create(const char *filename, struct block_node *file, void *cre
     }
     r = qcow2_open(&tmp, NULL, BLOCK_O_RDWR | BLOCK_O_NO_BACKING);
     if (r >= 0) {
-        r = qcow2_truncate(&tmp, o->size, false, (enum block_prealloc)o->preallocation);
+        /* like qemu, sizes round up to whole sectors */
+        r = qcow2_truncate(&tmp, qcow2_align_up(o->size, 512), false,
+                           (enum block_prealloc)o->preallocation);
         qcow2_close(&tmp);
     }
     free(tmp.opaque);
