@@ -1,0 +1,148 @@
+"""vmm-run from the command line: help listings from the library's
+introspection, exit statuses, the console, Ctrl-A x, and one clear error
+line for each kind of bad input."""
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+BUILD = os.environ.get("VMM_BUILD_DIR", "build")
+VMM_RUN = os.path.join(BUILD, "tools", "vmm-run", "vmm-run")
+GUESTS = os.path.join(BUILD, "tests", "guest")
+EXIT_DEV = ["--device", "isa-debug-exit,iobase=0xf4,iosize=4"]
+
+needs_kvm = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
+                               reason="/dev/kvm is missing or not accessible")
+
+
+def run(*args, stdin=subprocess.DEVNULL, timeout=120, **kw):
+    return subprocess.run([VMM_RUN, *args], stdin=stdin, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def guest(name):
+    return os.path.join(GUESTS, name + ".elf")
+
+
+def one_error_line(proc, text):
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("vmm-run: "), lines[0]
+    assert text in lines[0], lines[0]
+
+
+def test_help_and_version():
+    p = run("--help")
+    assert p.returncode == 0 and "--kernel FILE" in p.stdout and "Ctrl-A x" in p.stdout
+    p = run("--version")
+    assert p.returncode == 0 and p.stdout.startswith("vmm-run (libvmm) 0.")
+
+
+def test_device_help_lists_types_from_the_library():
+    p = run("--device", "help")
+    assert p.returncode == 0
+    for name in ("isa-serial", "isa-debug-exit"):
+        assert name in p.stdout
+    p = run("--device", "isa-debug-exit,help")
+    assert p.returncode == 0
+    assert "iobase" in p.stdout and "(default 0x501)" in p.stdout
+    p = run("--machine", "help")
+    assert p.returncode == 0 and "microvm" in p.stdout
+    p = run("--cpu-model", "help")
+    assert p.returncode == 0 and "x86-64-v2" in p.stdout
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--bogus"], "unknown option '--bogus'"),
+    (["--kernel"], "option '--kernel' needs a value"),
+    ([], "no kernel given"),
+    (["--kernel", "/nonexistent/vmlinuz"], "kernel /nonexistent/vmlinuz: No such file or directory"),
+    (["--kernel", "/etc/hostname"], "not a bootable image: libvmm boots a Linux bzImage"),
+    (["--kernel", "/etc"], "not a regular file"),
+    (["--kernel", "K", "--memory", "12Q"], "unknown suffix 'Q'"),
+    (["--kernel", "K", "--cpus", "0"], "cpus: 0 is out of range"),
+    (["--kernel", "K", "--device", "floppy"], "unknown device type 'floppy'"),
+    (["--kernel", "K", "--device", "isa-debug-exit,colour=red"], "isa-debug-exit: unknown property 'colour'"),
+    (["--kernel", "K", "--machine", "pdp11"], "unknown machine type 'pdp11'"),
+    (["--kernel", "K", "--serial", "telnet"], "--serial 'telnet': expected stdio, file:PATH or none"),
+    (["--kernel", "K", "stray"], "unexpected argument 'stray'"),
+])
+def test_bad_input_gets_one_clear_line(args, text):
+    one_error_line(run(*args), text)
+
+
+@needs_kvm
+def test_unknown_cpu_model_is_named():
+    one_error_line(run("--kernel", guest("hello-exit"), "--cpu-model", "pentium"),
+                   "unknown cpu model 'pentium' (known: host, x86-64, x86-64-v2)")
+
+
+@needs_kvm
+@pytest.mark.skipif(not shutil.which("unshare"), reason="needs unshare")
+def test_missing_dev_kvm_is_named():
+    # A private mount namespace with an empty /dev: no /dev/kvm there.
+    p = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                        f"mount -t tmpfs none /dev && exec {VMM_RUN} --kernel {guest('hello-exit')}"],
+                       capture_output=True, text=True, timeout=60)
+    one_error_line(p, "/dev/kvm does not exist: KVM is not available")
+
+
+@needs_kvm
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+def test_dev_kvm_without_permission_is_named(tmp_path):
+    kernel = tmp_path / "hello.elf"
+    shutil.copy(guest("hello-exit"), kernel)
+    os.chmod(tmp_path, 0o755)
+    os.chmod(kernel, 0o644)
+    st = os.stat("/dev/kvm")
+    if st.st_mode & 0o006:
+        pytest.skip("/dev/kvm is world-accessible here")
+    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        VMM_RUN, "--kernel", str(kernel)],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "LD_LIBRARY_PATH": os.path.join(BUILD, "lib")})
+    one_error_line(p, "/dev/kvm: permission denied (add the user to the 'kvm' group)")
+
+
+@needs_kvm
+def test_exit_status_is_the_test_exit_status():
+    p = run("--kernel", guest("serial"), "--append", "console-check", *EXIT_DEV)
+    assert p.returncode == 33
+    assert "hello from the guest" in p.stdout
+    p = run("--kernel", guest("exception"), *EXIT_DEV)
+    assert p.returncode == 77
+    assert "exception 6 (#UD)" in p.stdout
+
+
+@needs_kvm
+def test_serial_to_file_and_none(tmp_path):
+    log = tmp_path / "console.txt"
+    p = run("--kernel", guest("hello-exit"), "--serial", f"file:{log}", *EXIT_DEV)
+    assert p.returncode == 33 and p.stdout == ""
+    assert "hello-exit: hello" in log.read_text()
+    p = run("--kernel", guest("hello-exit"), "--serial", "none", *EXIT_DEV)
+    assert p.returncode == 33 and p.stdout == ""
+
+
+@needs_kvm
+def test_smp_and_memory_options():
+    p = run("--kernel", guest("smp"), "--cpus", "4", "--memory", "64M", "--cpu-model", "x86-64-v2",
+            *EXIT_DEV)
+    assert p.returncode == 33, p.stdout + p.stderr
+    assert "smp: 4 cpus online" in p.stdout
+
+
+@needs_kvm
+def test_ctrl_a_x_quits():
+    proc = subprocess.Popen([VMM_RUN, "--kernel", guest("pio-loop"), "--append", "count=100000000",
+                             *EXIT_DEV], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    proc.stdin.write(b"\x01x")
+    proc.stdin.flush()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert b"pio-loop: done" not in out
