@@ -162,18 +162,19 @@ static int walk_l2(struct block_node *bs, struct refmap *m, struct check_ctx *ct
         case QCOW2_ZERO_ALLOC: {
             uint64_t off = e & QCOW2_OFFSET_MASK;
             if (off & (s->cluster_size - 1)) {
-                note(ctx, "%s offset=%" PRIx64 ": Cluster is not properly aligned; "
+                note(ctx, "%s offset=%" PRIx64 ": Data cluster is not properly aligned; "
                      "L2 entry corrupted.", (fix & BLOCK_FIX_ERRORS) ? "Repairing" : "ERROR", off);
                 if (!ctx) {
                     r = QCOW2_ERR(EIO, "qcow2: unaligned cluster offset %#" PRIx64, off);
-                } else if (fix & BLOCK_FIX_ERRORS) {
+                    break;
+                }
+                if (fix & BLOCK_FIX_ERRORS) {
                     qcow2_put64(t + (size_t)i * 8, s->version >= 3 ? QCOW2_OFLAG_ZERO : 0);
                     dirty_table = true;
                     ctx->res->corruptions_fixed++;
-                } else {
-                    ctx->res->corruptions++;
+                    break;
                 }
-                break;
+                ctx->res->corruptions++;   /* still counted, as qemu does */
             }
             if (ctx && ctx->stats) {
                 if (ctx->next_contiguous && off != ctx->next_contiguous)
@@ -237,6 +238,19 @@ static int count_metadata(struct block_node *bs, struct refmap *m, struct check_
     for (uint32_t i = 0; i < s->nb_snapshots && r >= 0; i++) {
         struct qcow2_snapshot *sn = &s->snapshots[i];
         uint64_t *l1;
+        if (sn->bad_l1) {
+            if (!ctx)
+                return QCOW2_ERR(EIO, "qcow2: snapshot '%s': %s; run check -r all",
+                                 sn->name, sn->bad_l1);
+            if (sn->l1_offset & (s->cluster_size - 1))
+                note(ctx, "ERROR snapshot %s (%s) l1_offset=%#" PRIx64 ": %s; snapshot table "
+                     "entry corrupted", sn->id, sn->name, sn->l1_offset, sn->bad_l1);
+            else
+                note(ctx, "ERROR snapshot %s (%s) l1_size=%#" PRIx32 ": %s; snapshot table "
+                     "entry corrupted", sn->id, sn->name, sn->l1_size, sn->bad_l1);
+            ctx->res->corruptions++;
+            continue;
+        }
         r = read_l1(bs, sn->l1_offset, sn->l1_size, &l1);
         if (r < 0)
             break;
@@ -507,6 +521,11 @@ int qcow2_switch_state(struct block_node *bs, struct qcow2_snapshot *snaps, uint
     r = refmap_add(bs, &m, NULL, 0, cs);
     for (uint32_t i = 0; i < nb && r >= 0; i++) {
         uint64_t *sl1;
+        if (snaps[i].bad_l1) {
+            r = QCOW2_ERR(EIO, "qcow2: snapshot '%s': %s; run check -r all", snaps[i].name,
+                          snaps[i].bad_l1);
+            break;
+        }
         r = read_l1(bs, snaps[i].l1_offset, snaps[i].l1_size, &sl1);
         if (r < 0)
             break;

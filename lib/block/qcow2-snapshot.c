@@ -22,6 +22,8 @@ static void free_one(struct qcow2_snapshot *sn)
 
 static void free_list(struct qcow2_snapshot *list, uint32_t nb)
 {
+    if (!list)
+        return;
     for (uint32_t i = 0; i < nb; i++)
         free_one(&list[i]);
     free(list);
@@ -108,22 +110,15 @@ int qcow2_read_snapshots(struct block_node *bs)
         if (sn->extra_size >= 24)
             sn->icount = qcow2_be64(sn->extra + 16);
         pos = qcow2_align_up(pos + body, 8);
-        if (sn->l1_offset & (s->cluster_size - 1)) {
-            r = QCOW2_ERR(EINVAL, "qcow2: snapshot %u: L1 table offset %#" PRIx64
-                          " is not cluster aligned", i, sn->l1_offset);
-            break;
-        }
-        if ((uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES) {
-            r = QCOW2_ERR(EFBIG, "qcow2: snapshot %u: L1 table is too large (%u entries)",
-                          i, sn->l1_size);
-            break;
-        }
-        if (sn->l1_size && (sn->l1_offset > (uint64_t)flen ||
-                            (uint64_t)sn->l1_size * 8 > (uint64_t)flen - sn->l1_offset)) {
-            r = QCOW2_ERR(EINVAL, "qcow2: snapshot %u: L1 table extends beyond the end of "
-                          "the file", i);
-            break;
-        }
+        /* like qemu, a bad L1 reference leaves the image usable; check
+         * reports it and snapshot operations refuse it */
+        if (sn->l1_offset & (s->cluster_size - 1))
+            sn->bad_l1 = "L1 table is not cluster aligned";
+        else if ((uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES)
+            sn->bad_l1 = "L1 table is too large";
+        else if (sn->l1_size && (sn->l1_offset > (uint64_t)flen ||
+                                 (uint64_t)sn->l1_size * 8 > (uint64_t)flen - sn->l1_offset))
+            sn->bad_l1 = "L1 table extends beyond the end of the file";
     }
     if (r < 0) {
         qcow2_free_snapshots(s);
@@ -352,7 +347,9 @@ int qcow2_snapshot_goto(struct block_node *bs, const char *id_or_name)
         pthread_mutex_unlock(&s->lock);
         return QCOW2_ERR(ENOMEM, "qcow2: out of memory");
     }
-    r = sn->l1_size ? block_node_pread(bs->file, sn->l1_offset, l1, (uint64_t)sn->l1_size * 8) : 0;
+    r = sn->bad_l1 ? QCOW2_ERR(EIO, "qcow2: snapshot '%s': %s", sn->name, sn->bad_l1) : 0;
+    if (r >= 0 && sn->l1_size)
+        r = block_node_pread(bs->file, sn->l1_offset, l1, (uint64_t)sn->l1_size * 8);
     for (uint32_t k = 0; k < sn->l1_size; k++)
         l1[k] = qcow2_be64(&l1[k]);
     struct qcow2_snapshot *list = NULL;

@@ -507,7 +507,7 @@ static int read_header(struct block_node *bs, unsigned flags)
     if (r < 0)
         goto out;
     if ((uint64_t)s->rt_clusters * s->cluster_size > QCOW2_MAX_REFTABLE_BYTES) {
-        r = QCOW2_ERR(EFBIG, "qcow2: reference count table too large (%u clusters)", s->rt_clusters);
+        r = QCOW2_ERR(EFBIG, "qcow2: refcount table too large (%u clusters)", s->rt_clusters);
         goto out;
     }
     if (!s->rt_clusters) {

@@ -82,6 +82,7 @@ struct qcow2_snapshot {
     uint64_t icount;            /* UINT64_MAX when absent */
     uint32_t extra_size;        /* as found (kept when rewriting) */
     uint8_t *extra;             /* raw extra data */
+    const char *bad_l1;         /* why the L1 reference is unusable, or NULL */
 };
 
 struct qcow2_feature_name {
