@@ -84,7 +84,12 @@ static vmm_block *handle_new(struct block_node *root)
     }
     blk->root = root;
     blk->efd = -1;
-    blk->max_threads = 16;
+    /* Enough threads to keep the disk busy, few enough not to thrash the
+     * CPUs when the data comes from the page cache. */
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    blk->max_threads = cpus > 0 ? (unsigned)(cpus * 4 > 64 ? 64 : cpus * 4) : 8;
+    if (blk->max_threads < 4)
+        blk->max_threads = 4;
     pthread_mutex_init(&blk->lock, NULL);
     pthread_cond_init(&blk->work_cond, NULL);
     pthread_cond_init(&blk->idle_cond, NULL);

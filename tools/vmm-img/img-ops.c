@@ -366,7 +366,10 @@ int cmd_convert(int argc, char **argv)
     cv.src = calloc((size_t)nsrc, sizeof(*cv.src));
     cv.sparse = sparse;
     cv.compress = compress;
-    cv.ordered = !out_of_order;
+    /* Compression runs inside the write, so ordered writes would compress
+     * one cluster at a time: -c always writes out of order (only the host
+     * layout differs, never the content). */
+    cv.ordered = !out_of_order && !compress;
     cv.pg = &pg;
     int ret = 1;
     unsigned src_flags = (share ? VMM_BLOCK_FORCE_SHARE : 0) |
@@ -794,7 +797,11 @@ int cmd_bench(int argc, char **argv)
         fflush(stdout);
     }
     size_t slot_size = (b.bufsize + 4095) / 4096 * 4096;
-    vmm_block_set_workers(b.blk, b.depth < 64 ? (unsigned)b.depth : 64);
+    const char *w = getenv("VMM_IMG_BENCH_WORKERS"); /* tuning knob for bench/ */
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN), pool = cpus > 0 ? 4 * cpus : 8;
+    if (pool > 64)
+        pool = 64;
+    vmm_block_set_workers(b.blk, w ? (unsigned)atoi(w) : b.depth < pool ? (unsigned)b.depth : (unsigned)pool);
     int efd = vmm_block_completion_fd(b.blk);
     bench_slots = calloc((size_t)b.depth, sizeof(*bench_slots));
     if (efd < 0 || !bench_slots || posix_memalign((void **)&b.bufs, 4096, slot_size * (size_t)b.depth)) {

@@ -139,7 +139,7 @@ LIBVMM_EXPORT int vmm_block_dispatch(vmm_block *blk);
  * completions meanwhile). */
 LIBVMM_EXPORT int vmm_block_drain(vmm_block *blk);
 
-/* Worker threads for asynchronous requests (default 16, 1..256). */
+/* Worker threads for asynchronous requests (default 4 per CPU, 4..64; 1..256). */
 LIBVMM_EXPORT int vmm_block_set_workers(vmm_block *blk, unsigned count);
 
 /* ---- image management ------------------------------------------------ */
