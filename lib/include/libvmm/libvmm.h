@@ -3,4 +3,5 @@
 #define LIBVMM_H
 #include "common.h"
 #include "machine.h"
+#include "block.h"
 #endif
