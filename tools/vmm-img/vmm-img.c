@@ -60,14 +60,21 @@ void progress_update(struct progress *p, uint64_t done, uint64_t total)
     if (pct - p->last < 1.0 && pct < 100.0 && p->last >= 0)
         return;
     p->last = pct;
-    printf("    (%3.2f/100%%)\r", pct);
+    if (isatty(STDOUT_FILENO)) { /* a bar on a terminal, qemu's form otherwise */
+        int filled = (int)(pct / 2.5);
+        printf("\r[%.*s%*s] %6.2f%%", filled, "########################################", 40 - filled, "", pct);
+    } else {
+        printf("    (%3.2f/100%%)\r", pct);
+    }
     fflush(stdout);
 }
 
 void progress_end(struct progress *p)
 {
     if (p->enabled) {
-        printf("    (100.00/100%%)\r\n");
+        p->last = -1;
+        progress_update(p, 1, 1);
+        printf("\n");
         fflush(stdout);
     }
 }
