@@ -807,10 +807,9 @@ static int do_check(struct block_node *bs, struct block_check_result *res, unsig
         note(ctx, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
              repair ? "Repairing" : leak ? "Leaked" : "ERROR", c, rc, ref);
         if (repair) {
-            int64_t delta = (int64_t)(ref - rc);
             bool fixed = false;
             if (!err && (c >> s->rb_bits) < s->rt_size && s->rt[c >> s->rb_bits])
-                fixed = qcow2_update_refcount(bs, c << s->cluster_bits, 1, delta) >= 0;
+                fixed = qcow2_set_refcount(bs, c, ref) >= 0;
             if (!fixed)
                 need_rebuild = true;
             if (leak)

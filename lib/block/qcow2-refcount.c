@@ -504,10 +504,10 @@ static int update_block(struct block_node *bs, uint64_t first, uint64_t n, int64
     if (r < 0)
         return r;
     uint64_t base = first & (per_block - 1);
+    uint64_t mag = addend < 0 ? (uint64_t)0 - (uint64_t)addend : (uint64_t)addend;
     for (uint64_t i = 0; i < n; i++) {
         uint64_t v = qcow2_refcount_read(s, block, base + i);
-        if ((addend < 0 && v < (uint64_t)-addend) ||
-            (addend > 0 && s->refcount_max - v < (uint64_t)addend)) {
+        if ((addend < 0 && v < mag) || (addend > 0 && s->refcount_max - v < mag)) {
             if (addend < 0)
                 return qcow2_mark_corrupt(bs, "refcount of cluster %#" PRIx64
                                           " would drop below zero",
@@ -565,6 +565,25 @@ int qcow2_update_refcount(struct block_node *bs, uint64_t offset, uint64_t len, 
         c += n;
     }
     return 0;
+}
+
+int qcow2_set_refcount(struct block_node *bs, uint64_t cluster, uint64_t value)
+{
+    struct qcow2_state *s = bs->opaque;
+    uint64_t cur;
+    int r = qcow2_get_refcount(bs, cluster, &cur);
+    if (r < 0)
+        return r;
+    if (value > s->refcount_max)
+        return QCOW2_ERR(ERANGE, "qcow2: refcount %" PRIu64 " does not fit in %u bits",
+                         value, s->refcount_bits);
+    if (value == cur)
+        return 0;
+    if (value > cur && value - cur <= INT64_MAX)
+        return qcow2_update_refcount(bs, cluster << s->cluster_bits, 1, (int64_t)(value - cur));
+    if (cur > value && cur - value <= INT64_MAX)
+        return qcow2_update_refcount(bs, cluster << s->cluster_bits, 1, -(int64_t)(cur - value));
+    return QCOW2_ERR(ERANGE, "qcow2: refcount change too large");
 }
 
 int qcow2_free_clusters(struct block_node *bs, uint64_t offset, uint64_t len)

@@ -229,6 +229,7 @@ int qcow2_alloc_bytes(struct block_node *bs, uint32_t len, uint64_t *offset);
 /* Add `addend` to the refcount of every cluster touching [offset, offset+len). */
 int qcow2_update_refcount(struct block_node *bs, uint64_t offset, uint64_t len, int64_t addend);
 int qcow2_free_clusters(struct block_node *bs, uint64_t offset, uint64_t len);
+int qcow2_set_refcount(struct block_node *bs, uint64_t cluster, uint64_t value);
 /* Release what one L2 entry references. */
 int qcow2_free_l2_entry(struct block_node *bs, uint64_t entry);
 uint64_t qcow2_refcount_read(const struct qcow2_state *s, const uint8_t *block, uint64_t index);
