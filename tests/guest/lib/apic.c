@@ -65,6 +65,8 @@ void x2apic_timer_stop(void)
 void udelay(uint64_t us)
 {
     /* Masked one-shot countdowns of at most ~4 s each. */
+    if (!(rdmsr(MSR_APIC_BASE) & APIC_BASE_EXTD))
+        x2apic_enable();    /* the timer MSRs #GP in xAPIC mode */
     while (us) {
         uint64_t chunk = us > 4000000 ? 4000000 : us;
         wrmsr(X2APIC_MSR_TIMER_DIV, TIMER_DIVIDE_BY_1);

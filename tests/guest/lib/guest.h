@@ -218,6 +218,10 @@ const struct acpi_sdt_header *acpi_find_table(const char sig[4]);
 bool madt_parse(struct madt_info *out);
 bool mptable_parse(struct madt_info *out);  /* MP spec 1.4 tables, same result */
 
+/* ---- power: ACPI S5 power-off (returns only if it did not work), i8042 reset */
+bool acpi_poweroff(void);
+void i8042_reset(void);
+
 /* ---- SMP */
 #define AP_TRAMPOLINE_ADDR 0x8000
 typedef void (*ap_main_t)(unsigned cpu_index, uint32_t apic_id);

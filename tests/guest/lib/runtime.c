@@ -6,7 +6,12 @@ static const struct hvm_start_info *boot_info;
 _Noreturn void guest_exit(uint32_t code)
 {
     outl(TEST_EXIT_PORT, code);
-    /* No exit device: stop here rather than run on. */
+    /* Still here: no test-exit device.  End the machine some other way
+     * rather than hang: ACPI power-off, then a reset through the i8042. */
+    console_break_lock();
+    printf("exit: no test-exit device at 0x%x (code 0x%x), powering off\n", TEST_EXIT_PORT, code);
+    acpi_poweroff();
+    i8042_reset();
     halt_forever();
 }
 
