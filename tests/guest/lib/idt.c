@@ -64,14 +64,29 @@ void idt_set_handler(unsigned vector, interrupt_handler_t h)
         handlers[vector] = h;
 }
 
+/* x2APIC ID when x2APIC is on, else the initial APIC ID from CPUID. */
+static unsigned current_cpu(void)
+{
+    if (rdmsr(MSR_APIC_BASE) & (1u << 10))
+        return (unsigned)rdmsr(X2APIC_MSR_ID);
+    uint32_t r[4];
+    cpuid(1, 0, r);
+    return r[1] >> 24;
+}
+
 static _Noreturn void report_exception(const struct interrupt_frame *f)
 {
+    static volatile uint32_t reporting;
+    /* A fault while reporting (or on a second CPU at once): just exit. */
+    if (__atomic_exchange_n(&reporting, 1, __ATOMIC_ACQUIRE))
+        guest_exit(GUEST_EXIT_EXCEPTION(f->vector));
     uint64_t cr2;
     __asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
     console_break_lock();
+    console_flush();
     printf("exception %u (%s) at rip=0x%lx error=0x%lx cpu=%u\n", (unsigned)f->vector,
            exception_name((unsigned)f->vector), (unsigned long)f->rip,
-           (unsigned long)f->error_code, (unsigned)(rdmsr(MSR_APIC_BASE) & (1u << 10) ? rdmsr(X2APIC_MSR_ID) : 0));
+           (unsigned long)f->error_code, current_cpu());
     printf("  rsp=0x%lx rflags=0x%lx cr2=0x%lx rax=0x%lx\n", (unsigned long)f->rsp,
            (unsigned long)f->rflags, (unsigned long)cr2, (unsigned long)f->rax);
     guest_exit(GUEST_EXIT_EXCEPTION(f->vector));
