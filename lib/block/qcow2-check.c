@@ -435,6 +435,8 @@ static void adopt_refcounts(struct block_node *bs, uint64_t *rt, uint64_t entrie
     qcow2_cache_clear(&s->l2_cache);
     s->free_cluster_index = 0;
     s->free_byte_offset = 0;
+    s->resv_count = 0;
+    s->pack_cluster = 0;
 }
 
 /* First cluster past everything either the old or the new state uses. */
@@ -506,7 +508,9 @@ int qcow2_switch_state(struct block_node *bs, struct qcow2_snapshot *snaps, uint
     uint64_t *l1 = calloc(l1_size ? l1_size : 1, 8), *rt = NULL, rt_entries = 0, rt_off = 0;
     uint8_t *stab = NULL, *l1buf = NULL, *t = malloc(cs);
     uint64_t stab_len = 0;
-    int r = file_clusters_of(bs, &fclusters);
+    int r = qcow2_release_reservation(bs);
+    if (r >= 0)
+        r = file_clusters_of(bs, &fclusters);
     if (!l1 || !t) {
         r = QCOW2_ERR(ENOMEM, "qcow2: out of memory");
         goto out;
@@ -851,7 +855,9 @@ int qcow2_check(struct block_node *bs, struct block_check_result *res, unsigned 
     if (fix && !s->writable)
         return QCOW2_ERR(EROFS, "qcow2: repairing needs a read-write open");
     pthread_mutex_lock(&s->lock);
-    int r = do_check(bs, res, fix, &ctx);
+    int r = s->writable ? qcow2_release_reservation(bs) : 0;
+    if (r >= 0)
+        r = do_check(bs, res, fix, &ctx);
     if (r >= 0 && fix && !res->corruptions && !res->check_errors &&
         (s->incompat & (QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT))) {
         /* a clean result clears the dirty and corrupt bits */

@@ -465,6 +465,7 @@ static int write_l2(struct block_node *bs, struct l2_txn *t, uint64_t first, uin
             hi = s->cluster_size;
     }
     int r = block_node_pwrite(bs->file, t->l2_off + lo, t->table + lo, hi - lo, 0);
+    s->need_flush = true;     /* later L1 updates / refcount drops wait for it */
     if (r < 0) {
         qcow2_cache_drop(&s->l2_cache, t->l2_off);
         return r;
@@ -501,7 +502,7 @@ static void end_l2(struct l2_txn *t)
 static int ordering_flush(struct block_node *bs)
 {
     struct qcow2_state *s = bs->opaque;
-    if (s->lazy)
+    if (s->lazy || !s->need_flush)
         return 0;
     s->need_flush = false;
     return block_node_flush(bs->file);
@@ -513,6 +514,25 @@ static bool needs_alloc(uint64_t e)
 {
     return !((e & QCOW2_OFLAG_COPIED) && !(e & (QCOW2_OFLAG_COMPRESSED | QCOW2_OFLAG_ZERO)) &&
              (e & QCOW2_OFFSET_MASK));
+}
+
+/* Drop the references the replaced entries held, once the new entries are
+ * stable (a flush first, so a cluster is never reused while still referenced
+ * on disk). */
+static int free_old_entries(struct block_node *bs, const uint64_t *old, uint64_t n)
+{
+    struct qcow2_state *s = bs->opaque;
+    bool any = false;
+    for (uint64_t i = 0; i < n; i++)
+        any |= qcow2_entry_type(s, old[i]) == QCOW2_NORMAL ||
+               qcow2_entry_type(s, old[i]) == QCOW2_ZERO_ALLOC ||
+               qcow2_entry_type(s, old[i]) == QCOW2_COMPRESSED;
+    if (!any)
+        return 0;
+    int r = ordering_flush(bs);
+    for (uint64_t i = 0; i < n && r >= 0; i++)
+        r = qcow2_free_l2_entry(bs, old[i]);
+    return r;
 }
 
 /* Write [voff, voff+len) (inside one L2 table) into new clusters. Lock held. */
@@ -556,6 +576,7 @@ static int alloc_write(struct block_node *bs, uint64_t voff, uint64_t len,
         goto undo;
     for (uint64_t i = 0; i < nclusters; i++)
         qcow2_put64(t.table + (idx + i) * 8, (host + i * cs) | QCOW2_OFLAG_COPIED);
+    /* the new clusters' refcounts are stable already (reservation) */
     if (t.is_new) {
         r = write_l2(bs, &t, idx, nclusters);
         if (r >= 0)
@@ -563,14 +584,11 @@ static int alloc_write(struct block_node *bs, uint64_t voff, uint64_t len,
         if (r >= 0)
             r = commit_l2(bs, &t);
     } else {
-        r = ordering_flush(bs);
-        if (r >= 0)
-            r = write_l2(bs, &t, idx, nclusters);
+        r = write_l2(bs, &t, idx, nclusters);
     }
     if (r < 0)
         goto out;   /* new clusters may now be referenced: keep them */
-    for (uint64_t i = 0; i < nclusters && r >= 0; i++)
-        r = qcow2_free_l2_entry(bs, old[i]);
+    r = free_old_entries(bs, old, nclusters);
     goto out;
 undo:
     qcow2_free_clusters(bs, host, nclusters * cs);
@@ -642,12 +660,12 @@ static int write_compressed(struct block_node *bs, uint64_t offset, uint64_t byt
             if (r >= 0)
                 r = commit_l2(bs, &t);
         } else {
-            r = ordering_flush(bs);
+            r = ordering_flush(bs);   /* a shared cluster's refcount went up */
             if (r >= 0)
                 r = write_l2(bs, &t, idx, 1);
         }
         if (r >= 0)
-            r = qcow2_free_l2_entry(bs, old);
+            r = free_old_entries(bs, &old, 1);
     }
     end_l2(&t);
     pthread_mutex_unlock(&s->lock);

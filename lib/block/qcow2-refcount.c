@@ -428,11 +428,9 @@ static int ensure_refblocks(struct block_node *bs, uint64_t first, uint64_t n)
     return 0;
 }
 
-int qcow2_alloc_clusters(struct block_node *bs, uint64_t n, uint64_t *offset)
+static int alloc_counted(struct block_node *bs, uint64_t n, uint64_t *offset)
 {
     struct qcow2_state *s = bs->opaque;
-    if (!n)
-        return QCOW2_ERR(EINVAL, "qcow2: allocating zero clusters");
     for (int tries = 0; tries < 1000; tries++) {
         uint64_t start;
         int r = find_free(bs, n, &start);
@@ -454,33 +452,103 @@ int qcow2_alloc_clusters(struct block_node *bs, uint64_t n, uint64_t *offset)
     return QCOW2_ERR(EIO, "qcow2: cluster allocation does not converge (damaged refcounts?)");
 }
 
-/* Space for one compressed cluster: packed behind the previous one when it
- * fits in the same host cluster, which then gains a reference. */
+/* Clusters are counted (refcount 1, flushed) a batch at a time and handed
+ * out from that reservation, so an allocating write needs no flush of its
+ * own: its refcount is already stable.  A crash leaks the unused rest. */
+#define RESERVE_BYTES (8u << 20)
+
+static int finish_pack(struct block_node *bs);
+
+int qcow2_release_reservation(struct block_node *bs)
+{
+    struct qcow2_state *s = bs->opaque;
+    int r = finish_pack(bs);
+    if (r < 0)
+        return r;
+    if (!s->resv_count)
+        return 0;
+    uint64_t start = s->resv_start, n = s->resv_count;
+    s->resv_count = 0;
+    return qcow2_update_refcount(bs, start << s->cluster_bits, n << s->cluster_bits, -1);
+}
+
+int qcow2_alloc_clusters(struct block_node *bs, uint64_t n, uint64_t *offset)
+{
+    struct qcow2_state *s = bs->opaque;
+    if (!n)
+        return QCOW2_ERR(EINVAL, "qcow2: allocating zero clusters");
+    if (n > s->resv_count) {
+        int r = qcow2_release_reservation(bs);
+        if (r < 0)
+            return r;
+        uint64_t batch = RESERVE_BYTES >> s->cluster_bits;
+        if (batch < n)
+            batch = n;
+        uint64_t start;
+        r = alloc_counted(bs, batch, &start);
+        if (r < 0)
+            return r;
+        if (!s->lazy) {
+            r = block_node_flush(bs->file);
+            if (r < 0) {
+                qcow2_update_refcount(bs, start, batch << s->cluster_bits, -1);
+                return r;
+            }
+            s->need_flush = false;
+        }
+        s->resv_start = start >> s->cluster_bits;
+        s->resv_count = batch;
+    }
+    *offset = s->resv_start << s->cluster_bits;
+    s->resv_start += n;
+    s->resv_count -= n;
+    return 0;
+}
+
+/* Compressed clusters are packed into host clusters.  A fresh pack cluster
+ * is counted for a budget of users at once (one refcount write and flush
+ * per pack cluster, not per compressed cluster); when the pack is finished
+ * the unused part of the budget is given back.  A crash in between leaves
+ * a refcount that is too high: a leak. */
+#define PACK_BUDGET 64
+
+static int finish_pack(struct block_node *bs)
+{
+    struct qcow2_state *s = bs->opaque;
+    if (!s->pack_cluster)
+        return 0;
+    uint64_t c = s->pack_cluster, unused = s->pack_budget - s->pack_used;
+    s->pack_cluster = 0;
+    s->free_byte_offset = 0;
+    return unused ? qcow2_update_refcount(bs, c, 1, -(int64_t)unused) : 0;
+}
+
 int qcow2_alloc_bytes(struct block_node *bs, uint32_t len, uint64_t *offset)
 {
     struct qcow2_state *s = bs->opaque;
     uint64_t f = s->free_byte_offset;
-    if (f && qcow2_offset_into_cluster(s, f) &&
-        qcow2_offset_into_cluster(s, f) + len <= s->cluster_size) {
-        uint64_t rc;
-        int r = qcow2_get_refcount(bs, f >> s->cluster_bits, &rc);
-        if (r < 0)
-            return r;
-        if (rc > 0 && rc < s->refcount_max) {
-            r = qcow2_update_refcount(bs, f, 1, 1);
-            if (r < 0)
-                return r;
-            *offset = f;
-            s->free_byte_offset = f + len;
-            return 0;
-        }
+    if (s->pack_cluster && s->pack_used < s->pack_budget &&
+        (f & ~(uint64_t)(s->cluster_size - 1)) == s->pack_cluster &&
+        qcow2_offset_into_cluster(s, f) && qcow2_offset_into_cluster(s, f) + len <= s->cluster_size) {
+        *offset = f;
+        s->free_byte_offset = f + len;
+        s->pack_used++;
+        return 0;
     }
+    int r = finish_pack(bs);
     uint64_t c;
-    int r = qcow2_alloc_clusters(bs, 1, &c);
+    if (r >= 0)
+        r = qcow2_alloc_clusters(bs, 1, &c);
     if (r < 0)
         return r;
-    *offset = c;
+    uint64_t budget = s->refcount_max < PACK_BUDGET ? s->refcount_max : PACK_BUDGET;
+    if (budget > 1 && qcow2_update_refcount(bs, c, 1, (int64_t)budget - 1) < 0)
+        budget = 1;
+    s->pack_cluster = c;
+    s->pack_used = 1;
+    s->pack_budget = budget;
     s->free_byte_offset = c + len;
+    *offset = c;
     return 0;
 }
 
@@ -527,6 +595,8 @@ static int update_block(struct block_node *bs, uint64_t first, uint64_t n, int64
             qcow2_cache_drop(&s->l2_cache, c << s->cluster_bits);
             if (s->free_byte_offset >> s->cluster_bits == c)
                 s->free_byte_offset = 0;
+            if (s->pack_cluster >> s->cluster_bits == c)
+                s->pack_cluster = 0;
         }
     }
     uint64_t lo = rb_byte(s, base) & ~511ull;

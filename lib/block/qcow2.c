@@ -682,6 +682,8 @@ static int qcow2_flush(struct block_node *bs)
 static void qcow2_close(struct block_node *bs)
 {
     struct qcow2_state *s = bs->opaque;
+    if (s->writable && !(s->incompat & QCOW2_INCOMPAT_CORRUPT))
+        qcow2_release_reservation(bs);
     if (s->writable && s->dirty_written && !(s->incompat & QCOW2_INCOMPAT_CORRUPT))
         mark_clean(bs);
     else if (s->writable)
@@ -832,6 +834,9 @@ static int do_truncate(struct block_node *bs, uint64_t size, bool allow_shrink,
         return QCOW2_ERR(EINVAL, "qcow2: the new size must be a multiple of 512");
     if (size == bs->size)
         return 0;
+    int r0 = qcow2_release_reservation(bs);
+    if (r0 < 0)
+        return r0;
     if (size < bs->size) {
         if (!allow_shrink)
             return QCOW2_ERR(EPERM, "qcow2: use the --shrink option to perform a shrink operation");

@@ -144,6 +144,9 @@ struct qcow2_state {
     struct qcow2_cache l2_cache, rb_cache;
     uint64_t free_cluster_index;
     uint64_t free_byte_offset;              /* for packing compressed clusters */
+    uint64_t resv_start, resv_count;        /* counted, unused clusters */
+    uint64_t pack_cluster;                  /* host cluster being packed, 0: none */
+    uint64_t pack_used, pack_budget;
 
     struct qcow2_open_opts opts;
     bool writable;
@@ -225,6 +228,8 @@ void qcow2_cache_clear(struct qcow2_cache *c);
 /* qcow2-refcount.c */
 int qcow2_get_refcount(struct block_node *bs, uint64_t cluster, uint64_t *out);
 int qcow2_alloc_clusters(struct block_node *bs, uint64_t n, uint64_t *offset);
+/* Give back the clusters counted ahead for allocations. */
+int qcow2_release_reservation(struct block_node *bs);
 int qcow2_alloc_bytes(struct block_node *bs, uint32_t len, uint64_t *offset);
 /* Add `addend` to the refcount of every cluster touching [offset, offset+len). */
 int qcow2_update_refcount(struct block_node *bs, uint64_t offset, uint64_t len, int64_t addend);
