@@ -1240,6 +1240,91 @@ static int qcow2_make_empty(struct block_node *bs)
     return r < 0 ? r : 0;
 }
 
+/* ---- measure (qemu-img measure) ------------------------------------------------- */
+
+/* Refcount table and block bytes needed to count `clusters` clusters,
+ * themselves included. */
+static uint64_t refcount_metadata_size(uint64_t clusters, uint64_t cs, uint32_t refcount_order)
+{
+    uint64_t per_table_cluster = cs / 8, per_block = cs * 8 / (1u << refcount_order);
+    uint64_t table = 0, blocks = 0, n = 0, last;
+    do {
+        last = n;
+        blocks = (clusters + table + blocks + per_block - 1) / per_block;
+        table = (blocks + per_table_cluster - 1) / per_table_cluster;
+        n = clusters + blocks + table;
+    } while (n != last);
+    return (blocks + table) * cs;
+}
+
+/* Metadata plus data of a fully allocated image of `size`. */
+static uint64_t full_size(uint64_t size, uint64_t cs, uint32_t refcount_order)
+{
+    uint64_t aligned = qcow2_align_up(size, cs);
+    uint64_t meta = cs;                                   /* header */
+    uint64_t nl2e = qcow2_align_up(aligned / cs, cs / 8);
+    meta += nl2e * 8;                                     /* L2 tables */
+    uint64_t nl1e = qcow2_align_up(nl2e * 8 / cs, cs / 8);
+    meta += nl1e * 8;                                     /* L1 table */
+    meta += refcount_metadata_size((meta + aligned) / cs, cs, refcount_order);
+    return meta + aligned;
+}
+
+/* Bytes of whole clusters that hold data in `src` (down its chain). */
+static int data_bytes(struct block_node *src, uint64_t cs, uint64_t *out)
+{
+    uint64_t required = 0;
+    for (uint64_t off = 0; off < src->size;) {
+        struct block_node *n = src;
+        struct block_status st;
+        uint64_t len = src->size - off;
+        unsigned flags = 0;
+        for (;;) {
+            int r = block_node_block_status(n, off, len, &st);
+            if (r < 0)
+                return r;
+            len = st.bytes;
+            flags = st.flags;
+            if ((flags & BLOCK_STATUS_ALLOCATED) || !n->backing || off >= n->backing->size)
+                break;
+            n = n->backing;
+            if (len > n->size - off)
+                len = n->size - off;
+        }
+        if (!(flags & BLOCK_STATUS_ZERO) && (flags & BLOCK_STATUS_DATA)) {
+            uint64_t end = qcow2_align_up(off + len, cs);
+            required += (off % cs) + (end - off);
+            len = end - off;
+        }
+        off += len;
+    }
+    *out = required;
+    return 0;
+}
+
+static int qcow2_measure(void *create_opts, struct block_node *src, uint64_t *required,
+                         uint64_t *fully_allocated)
+{
+    const struct qcow2_create_opts *o = create_opts;
+    int version = (o->compat == 1 || o->compat == 3) ? 2 : 3;
+    int r = check_create_opts(o, version);
+    if (r < 0)
+        return r;
+    uint64_t cs = o->cluster_size;
+    uint32_t order = (uint32_t)__builtin_ctz(o->refcount_bits);
+    uint64_t size = src ? src->size : qcow2_align_up(o->size, 512);
+    uint64_t virtual_size = qcow2_align_up(size, cs), data = 0;
+    if (o->preallocation == PREALLOC_FULL || o->preallocation == PREALLOC_FALLOC)
+        data = virtual_size;
+    else if (src && (r = data_bytes(src, cs, &data)) < 0)
+        return r;
+    if (o->preallocation == PREALLOC_METADATA && src)
+        data = virtual_size;
+    *fully_allocated = full_size(virtual_size, cs, order);
+    *required = *fully_allocated - virtual_size + data;
+    return 0;
+}
+
 const struct block_driver block_driver_qcow2 = {
     .name = "qcow2",
     .help = "QEMU copy-on-write image format, versions 2 and 3",
@@ -1268,4 +1353,5 @@ const struct block_driver block_driver_qcow2 = {
     .amend = qcow2_amend,
     .change_backing_file = qcow2_change_backing_file,
     .make_empty = qcow2_make_empty,
+    .measure = qcow2_measure,
 };

@@ -305,3 +305,17 @@ def test_make_empty_and_commit(tmp_path):
     assert_qemu_clean(base)
     assert_qemu_clean(top)
     qemu_io("qcow2", base, "read -P 1 0 1M", "read -P 2 1M 1M")
+
+
+def test_measure_matches_qemu(tmp_path):
+    src = tmp_path / "m.qcow2"
+    qemu_img("create", "-f", "qcow2", src, "64M")
+    qemu_io("qcow2", src, "write -P 1 0 3M", "write -z 8M 1M", "write -P 2 20M 100k")
+    cases = [["--size", "1G"], ["-o", "cluster_size=512,refcount_bits=1", "--size", "3G"],
+             ["-o", "preallocation=full", "--size", "100M"], [src],
+             ["-o", "cluster_size=2M", src]]
+    for args in cases:
+        def sizes(tool):
+            out = json.loads(tool("measure", "--output=json", "-O", "qcow2", *args).stdout)
+            return out["required"], out["fully-allocated"]
+        assert sizes(vmm) == sizes(qemu_img), args
