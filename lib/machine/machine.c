@@ -106,6 +106,7 @@ LIBVMM_EXPORT vmm_machine *vmm_machine_new(const char *type)
     m->vm.sys_fd = m->vm.vm_fd = -1;
     m->mem.fd = -1;
     pthread_mutex_init(&m->lock, NULL);
+    pthread_mutex_init(&m->event_lock, NULL);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -250,6 +251,48 @@ int machine_set_irq(vmm_machine *m, unsigned gsi, bool level)
     return kvm_vm_irq_line(&m->vm, gsi, level);
 }
 
+/* ---- events ------------------------------------------------------------- */
+
+LIBVMM_EXPORT int vmm_machine_set_event_callback(vmm_machine *m, vmm_event_fn fn,
+                                                 void *user_data, vmm_free_fn free_fn)
+{
+    vmm_clear_error();
+    if (check_state(m, "vmm_machine_set_event_callback", IN(VMM_STATE_CREATED)) < 0)
+        return -1;
+    if (m->event_free)
+        m->event_free(m->event_data);
+    m->event_fn = fn;
+    m->event_data = user_data;
+    m->event_free = free_fn;
+    return 0;
+}
+
+static const char *event_name(enum vmm_event_type type)
+{
+    static const char *const names[] = {
+        NULL, "STOP", "RESUME", "SHUTDOWN", "RESET", "POWERDOWN", "DEVICE_DELETED",
+        "BLOCK_IO_ERROR",
+    };
+    return (unsigned)type < VMM_ARRAY_SIZE(names) ? names[type] : "UNKNOWN";
+}
+
+void machine_emit(vmm_machine *m, enum vmm_event_type type, int guest, const char *reason,
+                  const char *device, const char *message)
+{
+    if (!m->event_fn)
+        return;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    struct vmm_event ev = {
+        .size = sizeof(ev), .type = type, .name = event_name(type),
+        .seconds = now.tv_sec, .microseconds = now.tv_nsec / 1000,
+        .guest = guest, .reason = reason, .device = device, .message = message,
+    };
+    pthread_mutex_lock(&m->event_lock);
+    m->event_fn(m->event_data, &ev);
+    pthread_mutex_unlock(&m->event_lock);
+}
+
 /* ---- ending, pausing, resetting --------------------------------------- */
 
 static void kick_all(vmm_machine *m)
@@ -259,10 +302,23 @@ static void kick_all(vmm_machine *m)
             vcpu_kick(m->vcpus[i]);
 }
 
+static const char *shutdown_reason(enum vmm_exit_reason reason)
+{
+    switch (reason) {
+    case VMM_EXIT_POWEROFF:
+    case VMM_EXIT_TEST: return "guest-shutdown";
+    case VMM_EXIT_RESET: return "guest-reset";
+    case VMM_EXIT_ERROR: return "host-error";
+    default: return "host-qmp-quit";
+    }
+}
+
 void machine_end(vmm_machine *m, enum vmm_exit_reason reason, int code, const char *fmt, ...)
 {
+    bool ended_now = false;
     pthread_mutex_lock(&m->lock);
     if (m->state != VMM_STATE_ENDED) {
+        ended_now = true;
         m->state = VMM_STATE_ENDED;
         m->exit_reason = reason;
         m->exit_code = code;
@@ -276,6 +332,15 @@ void machine_end(vmm_machine *m, enum vmm_exit_reason reason, int code, const ch
     }
     pthread_mutex_unlock(&m->lock);
     kick_all(m);
+    if (!ended_now)
+        return;
+    machine_emit(m, VMM_EVENT_SHUTDOWN, reason != VMM_EXIT_STOPPED && reason != VMM_EXIT_ERROR,
+                 shutdown_reason(reason), NULL, m->exit_message);
+    /* Waiters return only once the SHUTDOWN event was delivered. */
+    pthread_mutex_lock(&m->lock);
+    m->end_reported = true;
+    pthread_cond_broadcast(&m->cond);
+    pthread_mutex_unlock(&m->lock);
 }
 
 bool machine_vcpu_checkpoint(vmm_machine *m)
@@ -336,6 +401,8 @@ static gboolean do_guest_reset(gpointer opaque)
         return G_SOURCE_REMOVE;
     if (reset_platform(m) < 0)
         machine_end(m, VMM_EXIT_ERROR, 0, "reset failed: %s", vmm_get_error());
+    else
+        machine_emit(m, VMM_EVENT_RESET, 1, "guest-reset", NULL, NULL);
     unpark_vcpus(m);
     return G_SOURCE_REMOVE;
 }
@@ -465,9 +532,12 @@ LIBVMM_EXPORT int vmm_machine_pause(vmm_machine *m)
     if (!park_vcpus(m))
         return vmm_set_error(ESRCH, "vmm_machine_pause: the machine ended");
     pthread_mutex_lock(&m->lock);
-    if (m->state == VMM_STATE_RUNNING)
+    bool paused_now = m->state == VMM_STATE_RUNNING;
+    if (paused_now)
         m->state = VMM_STATE_PAUSED;
     pthread_mutex_unlock(&m->lock);
+    if (paused_now)
+        machine_emit(m, VMM_EVENT_STOP, 0, NULL, NULL, NULL);
     return 0;
 }
 
@@ -477,10 +547,13 @@ LIBVMM_EXPORT int vmm_machine_resume(vmm_machine *m)
     if (check_state(m, "vmm_machine_resume", IN(VMM_STATE_PAUSED) | IN(VMM_STATE_RUNNING)) < 0)
         return -1;
     pthread_mutex_lock(&m->lock);
-    if (m->state == VMM_STATE_PAUSED)
+    bool resumed_now = m->state == VMM_STATE_PAUSED;
+    if (resumed_now)
         m->state = VMM_STATE_RUNNING;
     pthread_mutex_unlock(&m->lock);
     unpark_vcpus(m);
+    if (resumed_now)
+        machine_emit(m, VMM_EVENT_RESUME, 0, NULL, NULL, NULL);
     return 0;
 }
 
@@ -495,6 +568,8 @@ LIBVMM_EXPORT int vmm_machine_reset(vmm_machine *m)
     int ret = reset_platform(m);
     if (ret < 0)
         vmm_error_prefix("vmm_machine_reset");
+    else
+        machine_emit(m, VMM_EVENT_RESET, 0, "host-qmp-system-reset", NULL, NULL);
     if (!was_paused)
         unpark_vcpus(m);
     return ret;
@@ -509,6 +584,7 @@ LIBVMM_EXPORT int vmm_machine_request_poweroff(vmm_machine *m)
     if (!pm)
         return vmm_set_error(ENODEV, "vmm_machine_request_poweroff: the machine has no ACPI power button");
     acpi_pm_press_power_button(pm);
+    machine_emit(m, VMM_EVENT_POWERDOWN, 0, NULL, NULL, NULL);
     return 0;
 }
 
@@ -541,11 +617,11 @@ LIBVMM_EXPORT int vmm_machine_wait(vmm_machine *m, int timeout_ms)
     }
     int ret = 0;
     pthread_mutex_lock(&m->lock);
-    while (m->state != VMM_STATE_ENDED && ret == 0) {
+    while (!m->end_reported && ret == 0) {
         if (timeout_ms < 0)
             pthread_cond_wait(&m->cond, &m->lock);
         else if (pthread_cond_timedwait(&m->cond, &m->lock, &deadline) == ETIMEDOUT)
-            ret = m->state == VMM_STATE_ENDED ? 0 : -1;
+            ret = m->end_reported ? 0 : -1;
     }
     pthread_mutex_unlock(&m->lock);
     if (ret < 0)
@@ -630,7 +706,10 @@ LIBVMM_EXPORT void vmm_machine_free(vmm_machine *m)
     address_space_destroy(&m->mmio);
     if (m->serial_free)
         m->serial_free(m->serial_data);
+    if (m->event_free)
+        m->event_free(m->event_data);
     vmm_props_release(machine_props, &m->cfg);
+    pthread_mutex_destroy(&m->event_lock);
     pthread_cond_destroy(&m->cond);
     pthread_mutex_destroy(&m->lock);
     free(m);

@@ -52,6 +52,7 @@ struct vmm_machine {
     enum vmm_exit_reason exit_reason;
     int exit_code;
     char exit_message[512];
+    bool end_reported;             /* the SHUTDOWN event was delivered */
     bool pause_wanted;             /* vCPUs park while set */
     unsigned parked;               /* vCPUs parked right now */
 
@@ -62,6 +63,11 @@ struct vmm_machine {
     unsigned nr_vcpus;
     struct device *devices;        /* in creation order */
     struct device *devices_tail;
+
+    vmm_event_fn event_fn;
+    void *event_data;
+    vmm_free_fn event_free;
+    pthread_mutex_t event_lock;    /* one event at a time, in order */
 
     vmm_output_fn serial_fn;
     void *serial_data;
@@ -86,6 +92,9 @@ void machine_end(vmm_machine *m, enum vmm_exit_reason reason, int code, const ch
     VMM_PRINTF(4, 5);
 /* Guest asked for a reset: restart (reboot=on) or end (reboot=off). */
 void machine_guest_reset(vmm_machine *m, const char *why);
+/* Deliver an event to the embedder (never with m->lock held). */
+void machine_emit(vmm_machine *m, enum vmm_event_type type, int guest, const char *reason,
+                  const char *device, const char *message);
 /* Raise or lower an interrupt line (GSI) of the in-kernel irqchip. */
 int machine_set_irq(vmm_machine *m, unsigned gsi, bool level);
 /* Run `fn` in the machine's I/O thread. */

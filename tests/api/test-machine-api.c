@@ -307,6 +307,63 @@ static void test_stop_and_free_running(void **s)
     vmm_machine_free(m);
 }
 
+/* ---- events --------------------------------------------------------------- */
+
+struct event_log {
+    pthread_mutex_t lock;
+    char text[4096];
+    int freed;
+};
+
+static void record_event(void *user_data, const struct vmm_event *ev)
+{
+    struct event_log *log = user_data;
+    assert_true(ev->size >= sizeof(*ev));
+    assert_true(ev->seconds > 1600000000);
+    char item[128];
+    snprintf(item, sizeof(item), "%s%s%s%s ", ev->name, ev->reason ? "(" : "",
+             ev->reason ? ev->reason : "", ev->reason ? (ev->guest ? ",guest)" : ",host)") : "");
+    pthread_mutex_lock(&log->lock);
+    strncat(log->text, item, sizeof(log->text) - strlen(log->text) - 1);
+    pthread_mutex_unlock(&log->lock);
+}
+
+static void free_event_log(void *user_data)
+{
+    ((struct event_log *)user_data)->freed++;
+}
+
+static void test_events_in_order(void **s)
+{
+    (void)s;
+    struct console c;
+    struct event_log log = { .lock = PTHREAD_MUTEX_INITIALIZER };
+    vmm_machine *m = guest_machine("pio-loop", "count=400000", &c);
+    assert_int_equal(vmm_machine_set_event_callback(m, record_event, &log, free_event_log), 0);
+    assert_int_equal(vmm_machine_start(m), 0);
+    assert_error(vmm_machine_set_event_callback(m, record_event, &log, NULL), EBUSY, "needs it created");
+    wait_for_text(&c, "outs to port", 1);
+    assert_int_equal(vmm_machine_pause(m), 0);
+    assert_int_equal(vmm_machine_resume(m), 0);
+    assert_int_equal(vmm_machine_reset(m), 0);
+    assert_int_equal(vmm_machine_request_poweroff(m), 0);
+    assert_int_equal(vmm_machine_wait(m, 120000), 0);
+    assert_string_equal(log.text, "STOP RESUME RESET(host-qmp-system-reset,host) POWERDOWN "
+                                  "SHUTDOWN(guest-shutdown,guest) ");
+    vmm_machine_free(m);
+    assert_int_equal(log.freed, 1);
+
+    memset(log.text, 0, sizeof(log.text));
+    m = guest_machine("pio-loop", "count=100000000", &c);
+    assert_int_equal(vmm_machine_set_event_callback(m, record_event, &log, NULL), 0);
+    assert_int_equal(vmm_machine_start(m), 0);
+    assert_int_equal(vmm_machine_stop(m), 0);
+    assert_int_equal(vmm_machine_stop(m), 0); /* a second stop changes nothing */
+    assert_int_equal(vmm_machine_wait(m, 10000), 0);
+    vmm_machine_free(m);
+    assert_string_equal(log.text, "SHUTDOWN(host-qmp-quit,host) ");
+}
+
 static void test_poweroff_without_acpi_guest(void **s)
 {
     (void)s;
@@ -340,6 +397,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_reset_restarts_guest),
         cmocka_unit_test(test_stop_and_free_running),
         cmocka_unit_test(test_poweroff_without_acpi_guest),
+        cmocka_unit_test(test_events_in_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -104,6 +104,44 @@ LIBVMM_EXPORT int vmm_machine_exit_code(vmm_machine *m);
 /* Why the machine ended, in words (for VMM_EXIT_ERROR: the failure). */
 LIBVMM_EXPORT const char *vmm_machine_exit_message(vmm_machine *m);
 
+/* ---- events ------------------------------------------------------------ */
+
+/* What happened; `name` carries QMP's event name for each. */
+enum vmm_event_type {
+    VMM_EVENT_STOP = 1,        /* "STOP": the machine paused */
+    VMM_EVENT_RESUME = 2,      /* "RESUME": it runs again */
+    VMM_EVENT_SHUTDOWN = 3,    /* "SHUTDOWN": it ended (see reason) */
+    VMM_EVENT_RESET = 4,       /* "RESET": it restarted from boot state */
+    VMM_EVENT_POWERDOWN = 5,   /* "POWERDOWN": a power-off request reached the guest */
+    VMM_EVENT_DEVICE_DELETED = 6, /* "DEVICE_DELETED": device (id) is gone */
+    VMM_EVENT_BLOCK_IO_ERROR = 7, /* "BLOCK_IO_ERROR": device's backend failed */
+};
+
+struct vmm_event {
+    size_t size;               /* sizeof(struct vmm_event) of the library */
+    enum vmm_event_type type;
+    const char *name;          /* "STOP", "SHUTDOWN", ... */
+    int64_t seconds;           /* wall-clock time of the event */
+    int64_t microseconds;
+    int guest;                 /* SHUTDOWN/RESET: 1 if the guest caused it */
+    /* SHUTDOWN/RESET: QMP's reason names: "guest-shutdown" (power off or
+     * test-exit), "guest-reset" (reset with reboot=off, or a restart),
+     * "host-error" (a vCPU or device failed), "host-qmp-quit" (stopped or
+     * freed), "host-qmp-system-reset" (vmm_machine_reset); else NULL. */
+    const char *reason;
+    const char *device;        /* DEVICE_DELETED, BLOCK_IO_ERROR: device id */
+    const char *message;       /* human-readable detail, or NULL */
+};
+
+/* Called for each event, from whichever libvmm thread caused it (a vCPU,
+ * the I/O thread, or the caller of the API call); it may call the API but
+ * must not free the machine.  Events of one machine arrive one at a time,
+ * in order. */
+typedef void (*vmm_event_fn)(void *user_data, const struct vmm_event *event);
+
+LIBVMM_EXPORT int vmm_machine_set_event_callback(vmm_machine *m, vmm_event_fn fn,
+                                                 void *user_data, vmm_free_fn free_fn);
+
 #ifdef __cplusplus
 }
 #endif
