@@ -220,6 +220,18 @@ static int walk_l1(struct block_node *bs, struct refmap *m, struct check_ctx *ct
     return r;
 }
 
+struct bitmap_count {
+    struct block_node *bs;
+    struct refmap *m;
+    struct check_ctx *ctx;
+};
+
+static int count_bitmap_range(void *opaque, uint64_t off, uint64_t len)
+{
+    struct bitmap_count *b = opaque;
+    return refmap_add(b->bs, b->m, b->ctx, off, len);
+}
+
 /* Everything but the refcount structures themselves. */
 static int count_metadata(struct block_node *bs, struct refmap *m, struct check_ctx *ctx,
                           unsigned fix, bool active_too)
@@ -259,6 +271,10 @@ static int count_metadata(struct block_node *bs, struct refmap *m, struct check_
     }
     if (r >= 0 && s->nb_snapshots)
         r = refmap_add(bs, m, ctx, s->snapshots_offset, s->snapshots_size);
+    if (r >= 0 && (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS)) {
+        struct bitmap_count b = { bs, m, ctx };
+        r = qcow2_bitmaps_foreach(bs, count_bitmap_range, &b);
+    }
     return r;
 }
 

@@ -641,6 +641,9 @@ static int qcow2_open(struct block_node *bs, vmm_opts *opts, unsigned flags)
             if (r < 0)
                 goto fail;
         }
+        r = qcow2_drop_bitmaps(bs);
+        if (r < 0)
+            goto fail;
         if (s->autoclear) {
             s->autoclear = 0;   /* we keep none of the features they guard */
             r = qcow2_write_header(bs);

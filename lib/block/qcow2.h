@@ -270,6 +270,11 @@ int qcow2_snapshot_delete(struct block_node *bs, const char *id_or_name);
 int qcow2_snapshot_table_bytes(struct qcow2_state *s, const struct qcow2_snapshot *sn,
                                uint32_t nb, uint8_t **buf, uint64_t *len);
 
+/* qcow2-bitmap.c */
+typedef int (*qcow2_range_fn)(void *opaque, uint64_t offset, uint64_t len);
+int qcow2_bitmaps_foreach(struct block_node *bs, qcow2_range_fn fn, void *opaque);
+int qcow2_drop_bitmaps(struct block_node *bs);
+
 /* qcow2-check.c */
 int qcow2_check(struct block_node *bs, struct block_check_result *res, unsigned fix);
 int qcow2_repair_on_open(struct block_node *bs);

@@ -319,3 +319,39 @@ def test_measure_matches_qemu(tmp_path):
             out = json.loads(tool("measure", "--output=json", "-O", "qcow2", *args).stdout)
             return out["required"], out["fully-allocated"]
         assert sizes(vmm) == sizes(qemu_img), args
+
+
+def test_persistent_bitmaps_counted_then_dropped(tmp_path):
+    img = tmp_path / "bm.qcow2"
+    qemu_img("create", "-f", "qcow2", img, "16M")
+    qemu_io("qcow2", img, "write -P 1 0 1M")
+    qemu_img("bitmap", "--add", img, "b0")
+    qemu_img("bitmap", "--add", "-g", "512", img, "b1")
+    qemu_io("qcow2", img, "write -P 2 0 64k")
+    assert vmm("check", img).returncode == 0          # bitmap clusters are references
+    p = vmm("resize", img, "20M")                      # read-write: bitmaps dropped
+    assert "bitmaps" in p.stderr
+    assert "bitmaps" not in json.dumps(info_json(qemu_img, img)["format-specific"])
+    assert_qemu_clean(img)
+    qemu_io("qcow2", img, "read -P 2 0 64k", "read -P 1 64k 960k")
+
+
+def test_cache_options_and_encryption_refused(tmp_path):
+    img = tmp_path / "co.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", "cluster_size=512", img, "32M")
+    qemu_io("qcow2", img, "write -P 6 0 8M")
+    spec = "driver=qcow2,file.filename=%s,l2-cache-size=4k,refcount-cache-size=2k" % img
+    b = lib_handle().vmm_block_open(spec.encode(), None, VMM_BLOCK_RDWR)
+    assert b, last_error()
+    buf = ctypes.create_string_buffer(MiB)
+    for off in range(0, 8 * MiB, MiB):     # tiny caches: many evictions
+        assert lib_handle().vmm_block_read(b, off, buf, MiB) == 0
+        assert buf.raw == b"\6" * MiB
+    assert lib_handle().vmm_block_close(b) == 0
+    bad = "driver=qcow2,file.filename=%s,l2-cache-size=lots" % img
+    assert not lib_handle().vmm_block_open(bad.encode(), None, 0)
+    with open(img, "r+b") as f:                 # crypt_method = AES
+        f.seek(32)
+        f.write(b"\0\0\0\1")
+    p = vmm("info", img, check=False)
+    assert p.returncode != 0 and "encrypt" in p.stderr
