@@ -193,14 +193,15 @@ static int rtc_realize(struct device *dev)
     return device_map_pio(dev, 0x70, 2, &rtc_ops);
 }
 
+/* A reset clears the control registers; the clock and the battery-backed
+ * NVRAM bytes survive it, as on real hardware. */
 static void rtc_reset(struct device *dev)
 {
     struct rtc *r = (struct rtc *)dev;
-    uint64_t offset = r->s.offset; /* the clock survives a reset */
-    memset(&r->s, 0, sizeof(r->s));
-    r->s.offset = offset;
+    r->s.index = 0;
     r->s.cmos[RTC_A] = 0x26;
     r->s.cmos[RTC_B] = B_24H;
+    r->s.cmos[RTC_C] = 0;
     r->s.cmos[RTC_D] = D_VRT;
     fill_memory_size(r);
 }
