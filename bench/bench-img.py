@@ -27,6 +27,7 @@ def timed(args, repeat):
     """Best wall time of `repeat` runs; bench reports its own time, use it."""
     best = None
     for _ in range(repeat):
+        os.sync()  # earlier runs' dirty pages must not be written back during this one
         t0 = time.monotonic()
         out = run(*args)
         t = time.monotonic() - t0
@@ -62,6 +63,7 @@ def convert_rows(tools, workdir, src, repeat):
             out = os.path.join(workdir, "out.img")
             times.append(timed([tool, "convert", *args, out], repeat))
             os.unlink(out)
+            os.sync()
         rows.append((name, *times))
     return rows
 

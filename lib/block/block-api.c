@@ -72,7 +72,8 @@ static unsigned node_flags(unsigned f)
            (f & VMM_BLOCK_FORCE_SHARE ? BLOCK_O_FORCE_SHARE : 0) |
            (f & VMM_BLOCK_NOCACHE ? BLOCK_O_NOCACHE : 0) |
            (f & VMM_BLOCK_NATIVE_AIO ? BLOCK_O_NATIVE_AIO : 0) | (f & VMM_BLOCK_CHECK ? BLOCK_O_CHECK : 0) |
-           (f & VMM_BLOCK_BACKING_RW ? BLOCK_O_BACKING_RW : 0);
+           (f & VMM_BLOCK_BACKING_RW ? BLOCK_O_BACKING_RW : 0) |
+           (f & VMM_BLOCK_NO_FLUSH ? BLOCK_O_NO_FLUSH : 0);
 }
 
 static vmm_block *handle_new(struct block_node *root)
@@ -103,7 +104,7 @@ LIBVMM_EXPORT vmm_block *vmm_block_open(const char *spec, const char *format, un
         bad_arg("vmm_block_open", "no filename given");
         return NULL;
     }
-    if (flags & ~0xffu) {
+    if (flags & ~0x1ffu) {
         bad_arg("vmm_block_open", "unknown flags");
         return NULL;
     }

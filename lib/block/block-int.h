@@ -35,6 +35,7 @@ struct block_driver;
 #define BLOCK_O_NO_REPAIR    (1u << 6)  /* do not repair a dirty image on open */
 #define BLOCK_O_BACKING_RW   (1u << 7)  /* open the first backing node read-write (commit) */
 #define BLOCK_O_PROBED       (1u << 8)  /* the format was probed, not given (set by the core) */
+#define BLOCK_O_NO_FLUSH     (1u << 9)  /* cache=unsafe: flushes are no-ops */
 
 /* Request flags. */
 #define BLOCK_REQ_FUA        (1u << 0)  /* write reaches stable storage */

@@ -441,7 +441,7 @@ int block_node_pwrite(struct block_node *bs, uint64_t offset, const void *buf,
 
 int block_node_flush(struct block_node *bs)
 {
-    if (bs->read_only)
+    if (bs->read_only || (bs->open_flags & BLOCK_O_NO_FLUSH))
         return 0;
     int ret = bs->drv->flush ? bs->drv->flush(bs) : 0;
     if (ret >= 0 && bs->file && !bs->file->read_only && bs->drv->is_format)

@@ -382,7 +382,18 @@ int cmd_convert(int argc, char **argv)
         cv.src[i].size = (uint64_t)vmm_block_size(cv.src[i].blk);
         cv.total += cv.src[i].size;
     }
-    unsigned dst_flags = VMM_BLOCK_RDWR | (cache && !strcmp(cache, "none") ? VMM_BLOCK_NOCACHE : 0);
+    /* qemu-img convert's target cache mode defaults to "unsafe": no flushes. */
+    if (!cache)
+        cache = "unsafe";
+    unsigned dst_flags = VMM_BLOCK_RDWR;
+    if (!strcmp(cache, "none") || !strcmp(cache, "directsync"))
+        dst_flags |= VMM_BLOCK_NOCACHE;
+    else if (!strcmp(cache, "unsafe"))
+        dst_flags |= VMM_BLOCK_NO_FLUSH;
+    else if (strcmp(cache, "writeback") && strcmp(cache, "writethrough")) {
+        err(1, "Invalid cache option: %s", cache);
+        goto out;
+    }
     if (!no_create) {
         char *all = opts;
         char buf[4096];

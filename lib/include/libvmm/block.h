@@ -34,6 +34,7 @@ typedef struct vmm_block vmm_block;
 #define VMM_BLOCK_IMAGE_OPTS   (1u << 5)  /* the string is always an options string */
 #define VMM_BLOCK_CHECK        (1u << 6)  /* open for check: tolerate damage */
 #define VMM_BLOCK_BACKING_RW   (1u << 7)  /* open the first backing image read-write (commit) */
+#define VMM_BLOCK_NO_FLUSH     (1u << 8)  /* cache=unsafe: flushes do nothing (scratch copies) */
 
 /* Open an image.  `filename_or_options` is a file name, or an options
  * string "driver=qcow2,file.filename=x.qcow2,backing.driver=raw,..." (any
