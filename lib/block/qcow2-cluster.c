@@ -396,6 +396,26 @@ int qcow2_check_metadata_overlap(struct block_node *bs, uint64_t off, uint64_t l
     return 0;
 }
 
+/* A metadata table about to be written in place must not sit on the
+ * header, the L1 table, the refcount table or the snapshot table. */
+int qcow2_check_table_placement(struct block_node *bs, uint64_t off, const char *what)
+{
+    struct qcow2_state *s = bs->opaque;
+    uint64_t cs = s->cluster_size;
+    const char *hit = NULL;
+    if (overlaps(off, cs, 0, cs))
+        hit = "the header";
+    else if (overlaps(off, cs, s->l1_offset, (uint64_t)s->l1_size * 8))
+        hit = "the active L1 table";
+    else if (overlaps(off, cs, s->rt_offset, (uint64_t)s->rt_clusters << s->cluster_bits))
+        hit = "the refcount table";
+    else if (s->nb_snapshots && overlaps(off, cs, s->snapshots_offset, s->snapshots_size))
+        hit = "the snapshot table";
+    if (hit)
+        return qcow2_mark_corrupt(bs, "%s at %#" PRIx64 " overlaps %s", what, off, hit);
+    return 0;
+}
+
 /* ---- making an L2 table writable ---------------------------------------------- */
 
 /* The L2 table for `voff` prepared for changes.  An exclusive table is used
@@ -435,6 +455,9 @@ static int begin_l2(struct block_node *bs, uint64_t voff, bool create, struct l2
             goto fail;
         memcpy(t->table, cached, s->cluster_size);
         if (s->l1[t->l1_index] & QCOW2_OFLAG_COPIED) {
+            r = qcow2_check_table_placement(bs, old_off, "L2 table");
+            if (r < 0)
+                goto fail;
             t->l2_off = old_off;
             return 0;
         }

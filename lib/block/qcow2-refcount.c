@@ -567,6 +567,9 @@ static int update_block(struct block_node *bs, uint64_t first, uint64_t n, int64
         return QCOW2_ERR(EIO, "qcow2: internal error: refcount block for cluster %#" PRIx64
                          " missing", first << s->cluster_bits);
     }
+    r = qcow2_check_table_placement(bs, off, "refcount block");
+    if (r < 0)
+        return r;
     uint8_t *block;
     r = qcow2_cache_get(bs, &s->rb_cache, off, &block);
     if (r < 0)

@@ -259,6 +259,7 @@ int qcow2_preallocate(struct block_node *bs, uint64_t from, uint64_t to);
  * shrink and make_empty.  `full`: entries become 0 even with a backing file. */
 int qcow2_discard_clusters(struct block_node *bs, uint64_t offset, uint64_t bytes, bool full);
 int qcow2_check_metadata_overlap(struct block_node *bs, uint64_t offset, uint64_t len);
+int qcow2_check_table_placement(struct block_node *bs, uint64_t off, const char *what);
 
 /* qcow2-snapshot.c */
 int qcow2_read_snapshots(struct block_node *bs);
