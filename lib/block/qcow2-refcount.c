@@ -224,17 +224,40 @@ static uint64_t max_clusters(const struct qcow2_state *s)
     return (1ull << 56) >> s->cluster_bits;
 }
 
+/* Where a scan for free clusters may stop: refcounts claiming clusters far
+ * past everything the file holds or we allocated are damage, and following
+ * them could take forever. */
+static int scan_limit(struct block_node *bs, uint64_t n, uint64_t *limit)
+{
+    struct qcow2_state *s = bs->opaque;
+    int64_t flen = block_node_getlength(bs->file);
+    if (flen < 0)
+        return (int)flen;
+    uint64_t end = qcow2_size_to_clusters(s, (uint64_t)flen);
+    if (s->alloc_end > end)
+        end = s->alloc_end;
+    *limit = end + n + 2 * ((uint64_t)(8u << 20) >> s->cluster_bits) + 1024;
+    if (*limit > max_clusters(s))
+        *limit = max_clusters(s);
+    return 0;
+}
+
 /* First run of `n` clusters with refcount 0 from the free hint. */
 static int find_free(struct block_node *bs, uint64_t n, uint64_t *start)
 {
     struct qcow2_state *s = bs->opaque;
     uint64_t per_block = 1ull << s->rb_bits;
-    uint64_t i = s->free_cluster_index, run = 0, run_start = i;
+    uint64_t i = s->free_cluster_index, run = 0, run_start = i, limit = 0;
+    int r = scan_limit(bs, n, &limit);
+    if (r < 0)
+        return r;
     while (run < n) {
-        if (i >= max_clusters(s))
-            return QCOW2_ERR(ENOSPC, "qcow2: no free clusters left in the image");
+        if (i >= limit)
+            return qcow2_mark_corrupt(bs, "refcounts claim clusters far beyond the end of "
+                                      "the file (no free cluster below %#" PRIx64 ")",
+                                      limit << s->cluster_bits);
         uint64_t off;
-        int r = rb_offset(bs, i >> s->rb_bits, &off);
+        r = rb_offset(bs, i >> s->rb_bits, &off);
         if (r < 0)
             return r;
         if (!off) {
@@ -259,7 +282,7 @@ static int find_free(struct block_node *bs, uint64_t n, uint64_t *start)
                 run = 0;
             }
             i++;
-        } while (run < n && (i & (per_block - 1)));
+        } while (run < n && (i & (per_block - 1)) && i < limit);
     }
     *start = run_start;
     return 0;
@@ -446,6 +469,8 @@ static int alloc_counted(struct block_node *bs, uint64_t n, uint64_t *offset)
             return r;
         if (start == s->free_cluster_index)
             s->free_cluster_index = start + n;
+        if (start + n > s->alloc_end)
+            s->alloc_end = start + n;
         *offset = start << s->cluster_bits;
         return 0;
     }

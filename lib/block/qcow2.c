@@ -780,6 +780,15 @@ static int used_end(struct block_node *bs, uint64_t *end)
             c = i << s->rb_bits;
             break;
         }
+    /* nothing legitimate lies past the file or what we allocated */
+    int64_t flen = block_node_getlength(bs->file);
+    if (flen < 0)
+        return (int)flen;
+    uint64_t bound = qcow2_size_to_clusters(s, (uint64_t)flen);
+    if (s->alloc_end > bound)
+        bound = s->alloc_end;
+    if (c > bound)
+        c = bound;
     while (c > 0) {
         uint64_t rc;
         int r = qcow2_get_refcount(bs, c - 1, &rc);

@@ -145,6 +145,7 @@ struct qcow2_state {
     uint64_t free_cluster_index;
     uint64_t free_byte_offset;              /* for packing compressed clusters */
     uint64_t resv_start, resv_count;        /* counted, unused clusters */
+    uint64_t alloc_end;                     /* end of what we allocated (clusters) */
     uint64_t pack_cluster;                  /* host cluster being packed, 0: none */
     uint64_t pack_used, pack_budget;
 
