@@ -279,7 +279,7 @@ static const char *event_name(enum vmm_event_type type)
 void machine_emit(vmm_machine *m, enum vmm_event_type type, int guest, const char *reason,
                   const char *device, const char *message)
 {
-    if (!m->event_fn)
+    if (!m->event_fn && !m->listeners)
         return;
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
@@ -289,7 +289,9 @@ void machine_emit(vmm_machine *m, enum vmm_event_type type, int guest, const cha
         .guest = guest, .reason = reason, .device = device, .message = message,
     };
     pthread_mutex_lock(&m->event_lock);
-    m->event_fn(m->event_data, &ev);
+    if (m->event_fn)
+        m->event_fn(m->event_data, &ev);
+    machine_call_listeners(m, &ev);
     pthread_mutex_unlock(&m->event_lock);
 }
 
@@ -327,8 +329,8 @@ void machine_end(vmm_machine *m, enum vmm_exit_reason reason, int code, const ch
         vsnprintf(m->exit_message, sizeof(m->exit_message), fmt, ap);
         va_end(ap);
         pthread_cond_broadcast(&m->cond);
-        vmm_log(reason == VMM_EXIT_ERROR ? VMM_LOG_ERROR : VMM_LOG_INFO, "machine", "%s",
-                m->exit_message);
+        machine_log(m, reason == VMM_EXIT_ERROR ? VMM_LOG_ERROR : VMM_LOG_INFO, "machine", "%s",
+                    m->exit_message);
     }
     pthread_mutex_unlock(&m->lock);
     kick_all(m);
@@ -345,6 +347,7 @@ void machine_end(vmm_machine *m, enum vmm_exit_reason reason, int code, const ch
 
 bool machine_vcpu_checkpoint(vmm_machine *m)
 {
+    machine_vcpu_thread_started(m);
     pthread_mutex_lock(&m->lock);
     while (m->pause_wanted && m->state != VMM_STATE_ENDED) {
         m->parked++;
@@ -428,6 +431,7 @@ void machine_run_in_io_thread(vmm_machine *m, GSourceFunc fn, void *data)
 static gpointer io_thread_main(gpointer opaque)
 {
     vmm_machine *m = opaque;
+    machine_log_attach_thread(m);
     g_main_context_push_thread_default(m->io_context);
     g_main_loop_run(m->io_loop);
     g_main_context_pop_thread_default(m->io_context);
@@ -450,14 +454,25 @@ static gboolean serial_fd_ready(gint fd, GIOCondition cond, gpointer opaque)
 
 static int start_io_thread(vmm_machine *m)
 {
-    m->io_context = g_main_context_new();
-    m->io_loop = g_main_loop_new(m->io_context, FALSE);
+    if (machine_ensure_io_thread(m) < 0)
+        return -1;
     if (m->serial_in_fd >= 0 && m->console) {
         GSource *src = g_unix_fd_source_new(m->serial_in_fd, G_IO_IN | G_IO_HUP | G_IO_ERR);
         g_source_set_callback(src, (GSourceFunc)(void (*)(void))serial_fd_ready, m, NULL);
         g_source_attach(src, m->io_context);
         g_source_unref(src);
     }
+    return 0;
+}
+
+int machine_ensure_io_thread(vmm_machine *m)
+{
+    if (m->io_thread)
+        return 0;
+    if (!m->io_context)
+        m->io_context = g_main_context_new();
+    if (!m->io_loop)
+        m->io_loop = g_main_loop_new(m->io_context, FALSE);
     GError *err = NULL;
     m->io_thread = g_thread_try_new("vmm io", io_thread_main, m, &err);
     if (!m->io_thread) {
@@ -475,7 +490,8 @@ static int create_vcpus(vmm_machine *m)
         return vmm_set_error(ENOENT, "unknown cpu model '%s' (known: %s)", m->cfg.cpu_model,
                              cpu_model_names());
     m->vcpus = calloc(m->cfg.cpus, sizeof(*m->vcpus));
-    if (!m->vcpus)
+    m->vcpu_tids = calloc(m->cfg.cpus, sizeof(*m->vcpu_tids));
+    if (!m->vcpus || !m->vcpu_tids)
         return vmm_set_error(ENOMEM, "out of memory");
     m->nr_vcpus = m->cfg.cpus;
     for (unsigned i = 0; i < m->nr_vcpus; i++) {
@@ -674,6 +690,10 @@ static void stop_io_thread(vmm_machine *m)
         g_thread_join(m->io_thread);
         m->io_thread = NULL;
     }
+    if (m->control_free)
+        m->control_free(m->control); /* its sources leave the context here */
+    m->control = NULL;
+    m->control_free = NULL;
     if (m->io_loop)
         g_main_loop_unref(m->io_loop);
     if (m->io_context)
@@ -708,6 +728,7 @@ LIBVMM_EXPORT void vmm_machine_free(vmm_machine *m)
         m->serial_free(m->serial_data);
     if (m->event_free)
         m->event_free(m->event_data);
+    machine_release_extras(m);
     vmm_props_release(machine_props, &m->cfg);
     pthread_mutex_destroy(&m->event_lock);
     pthread_cond_destroy(&m->cond);

@@ -18,6 +18,8 @@
 
 struct device;
 struct vcpu;
+struct machine_listener;
+struct machine_log;
 
 /* The machine's configuration: every field is a machine property. */
 struct machine_config {
@@ -80,6 +82,13 @@ struct vmm_machine {
     GThread *io_thread;
     atomic_bool reset_pending;
 
+    /* Queries, the per-machine log and the control server (query.c, lib/control). */
+    struct machine_listener *listeners; /* internal event listeners, under event_lock */
+    struct machine_log *log;            /* per-machine log sink, or NULL */
+    _Atomic int *vcpu_tids;             /* host thread id of each vCPU (0: not started) */
+    void *control;                      /* lib/control's state, freed with the machine */
+    void (*control_free)(void *control);
+
     /* Platform facts the loaders and tables need. */
     uint64_t ram_below_4g, ram_above_4g;
     uint64_t rsdp_addr;
@@ -104,6 +113,23 @@ void machine_console_output(vmm_machine *m, const void *data, size_t len);
 /* Park the calling vCPU while a pause is wanted; returns false when the
  * machine ended and the vCPU should leave its loop. */
 bool machine_vcpu_checkpoint(vmm_machine *m);
+
+/* ---- queries, logs, listeners (lib/machine/query.c) -------------------- */
+/* Internal event listeners run after the embedder's callback, in order. */
+int machine_add_listener(vmm_machine *m, vmm_event_fn fn, void *data);
+void machine_remove_listener(vmm_machine *m, vmm_event_fn fn, void *data);
+void machine_call_listeners(vmm_machine *m, const struct vmm_event *ev);
+/* Called on a vCPU thread when it first reaches its checkpoint. */
+void machine_vcpu_thread_started(vmm_machine *m);
+/* Route this thread's vmm_log messages to the machine's log too. */
+void machine_log_attach_thread(vmm_machine *m);
+/* Log on the machine's log (and the process-wide one). */
+void machine_log(vmm_machine *m, int level, const char *domain, const char *fmt, ...)
+    VMM_PRINTF(4, 5);
+void machine_release_extras(vmm_machine *m);
+/* Create the I/O context and start its thread once (start, or the control
+ * server before start). */
+int machine_ensure_io_thread(vmm_machine *m);
 
 int machine_add_device_opts(vmm_machine *m, const char *spec, bool platform);
 struct device *machine_find_device(vmm_machine *m, const char *type);

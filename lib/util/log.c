@@ -10,6 +10,14 @@ static vmm_log_fn log_fn;
 static void *log_data;
 static vmm_free_fn log_free;
 static int log_max_level = VMM_LOG_INFO;
+static __thread vmm_log_fn thread_sink_fn;
+static __thread void *thread_sink_data;
+
+void vmm_log_set_thread_sink(vmm_log_fn fn, void *user_data)
+{
+    thread_sink_fn = fn;
+    thread_sink_data = user_data;
+}
 
 LIBVMM_EXPORT int vmm_set_log_callback(vmm_log_fn fn, void *user_data,
                                        vmm_free_fn free_fn, int max_level)
@@ -29,7 +37,7 @@ LIBVMM_EXPORT int vmm_set_log_callback(vmm_log_fn fn, void *user_data,
 
 bool vmm_log_enabled(int level)
 {
-    return log_fn && level <= log_max_level;
+    return thread_sink_fn || (log_fn && level <= log_max_level);
 }
 
 void vmm_log(int level, const char *domain, const char *fmt, ...)
@@ -41,6 +49,8 @@ void vmm_log(int level, const char *domain, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(message, sizeof(message), fmt, ap);
     va_end(ap);
+    if (thread_sink_fn)
+        thread_sink_fn(thread_sink_data, level, domain, message);
     pthread_mutex_lock(&log_lock);
     if (log_fn && level <= log_max_level)
         log_fn(log_data, level, domain, message);

@@ -24,6 +24,10 @@ void vmm_clear_error(void);
 /* ---- log ---------------------------------------------------------------- */
 void vmm_log(int level, const char *domain, const char *fmt, ...) VMM_PRINTF(3, 4);
 bool vmm_log_enabled(int level);
+/* A second sink for messages logged on this thread (a machine's own log,
+ * attached to its vCPU and I/O threads); NULL detaches.  The sink filters
+ * levels itself. */
+void vmm_log_set_thread_sink(vmm_log_fn fn, void *user_data);
 
 /* ---- option strings: "type,key=value,key2=value2" (",," is a literal comma) */
 typedef struct vmm_opts vmm_opts;

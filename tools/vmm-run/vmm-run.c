@@ -31,6 +31,8 @@ static const char usage_text[] =
     "  --device SPEC        add a device: TYPE,key=value,... ('help' lists types,\n"
     "                       'TYPE,help' lists a type's properties)\n"
     "  --no-reboot          end when the guest resets instead of restarting it\n"
+    "  --qmp unix:PATH[,server,nowait]  serve QMP (QEMU's control protocol) there\n"
+    "  --log FILE           append this machine's log (events, errors) to FILE\n"
     "  --verbose            log what the library does to stderr\n"
     "  --version            print the version and exit\n"
     "  --help               print this help and exit\n"
@@ -41,6 +43,7 @@ static const char usage_text[] =
 
 struct options {
     const char *kernel, *initrd, *append, *cpus, *memory, *cpu_model, *machine, *serial;
+    const char *qmp, *log;
     const char **devices;
     int nr_devices;
     bool no_reboot, verbose;
@@ -123,7 +126,8 @@ static bool asks_for_help(const char *spec)
 /* ---- options ------------------------------------------------------------ */
 
 enum { OPT_KERNEL = 256, OPT_INITRD, OPT_APPEND, OPT_CPUS, OPT_MEMORY, OPT_CPU_MODEL,
-       OPT_MACHINE, OPT_SERIAL, OPT_DEVICE, OPT_NO_REBOOT, OPT_VERBOSE, OPT_VERSION };
+       OPT_MACHINE, OPT_SERIAL, OPT_DEVICE, OPT_NO_REBOOT, OPT_VERBOSE, OPT_VERSION,
+       OPT_QMP, OPT_LOG };
 
 static const struct option long_options[] = {
     { "kernel", required_argument, NULL, OPT_KERNEL },
@@ -138,6 +142,8 @@ static const struct option long_options[] = {
     { "no-reboot", no_argument, NULL, OPT_NO_REBOOT },
     { "verbose", no_argument, NULL, OPT_VERBOSE },
     { "version", no_argument, NULL, OPT_VERSION },
+    { "qmp", required_argument, NULL, OPT_QMP },
+    { "log", required_argument, NULL, OPT_LOG },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
 };
@@ -160,6 +166,8 @@ static void parse_options(int argc, char **argv, struct options *o)
         case OPT_DEVICE: o->devices[o->nr_devices++] = optarg; break;
         case OPT_NO_REBOOT: o->no_reboot = true; break;
         case OPT_VERBOSE: o->verbose = true; break;
+        case OPT_QMP: o->qmp = optarg; break;
+        case OPT_LOG: o->log = optarg; break;
         case OPT_VERSION: printf("vmm-run (libvmm) %s\n", vmm_version()); exit(0);
         case 'h': fputs(usage_text, stdout); exit(0);
         case ':': die("option '%s' needs a value", argv[optind - 1]);
@@ -291,6 +299,9 @@ int main(int argc, char **argv)
     for (int i = 0; i < o.nr_devices; i++)
         if (vmm_machine_add_device(m, o.devices[i]) < 0)
             die_api();
+    if ((o.log && vmm_machine_set_log_file(m, o.log, o.verbose ? VMM_LOG_DEBUG : VMM_LOG_INFO) < 0) ||
+        (o.qmp && vmm_control_serve(m, o.qmp) < 0))
+        die_api();
     bool use_stdin;
     setup_serial(m, o.serial, &use_stdin);
     if (vmm_machine_start(m) < 0)

@@ -4,4 +4,5 @@
 #include "common.h"
 #include "machine.h"
 #include "block.h"
+#include "control.h"
 #endif
