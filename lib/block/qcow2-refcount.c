@@ -507,6 +507,8 @@ int qcow2_alloc_clusters(struct block_node *bs, uint64_t n, uint64_t *offset)
         if (r < 0)
             return r;
         uint64_t batch = RESERVE_BYTES >> s->cluster_bits;
+        if (batch > 1024)
+            batch = 1024;     /* small clusters: keep refcount updates short */
         if (batch < n)
             batch = n;
         uint64_t start;
