@@ -683,10 +683,18 @@ LIBVMM_EXPORT const char *vmm_machine_exit_message(vmm_machine *m)
 
 /* ---- teardown ---------------------------------------------------------- */
 
+static gboolean quit_io_loop(gpointer loop)
+{
+    g_main_loop_quit(loop);
+    return G_SOURCE_REMOVE;
+}
+
 static void stop_io_thread(vmm_machine *m)
 {
     if (m->io_thread) {
-        g_main_loop_quit(m->io_loop);
+        /* Quit from inside the loop: a quit issued before the thread
+         * entered g_main_loop_run() would be forgotten. */
+        g_main_context_invoke(m->io_context, quit_io_loop, m->io_loop);
         g_thread_join(m->io_thread);
         m->io_thread = NULL;
     }
