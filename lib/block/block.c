@@ -661,7 +661,9 @@ static int create_protocol_file(const char *filename, const struct block_driver 
 {
     if (proto == &block_driver_host_device)
         return 0;
-    int fd = open(filename, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    /* No O_TRUNC: the file is emptied only once its locks are held, so an
+     * image in use elsewhere is never truncated. */
+    int fd = open(filename, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {
         int e = errno;
         vmm_set_error_errno("Could not create '%s'", filename);
@@ -699,6 +701,8 @@ int block_create(const char *filename, const char *format, uint64_t size, const 
         ret = create_protocol_file(filename, proto);
     if (ret >= 0)
         ret = open_protocol(&file, proto, filename, NULL, BLOCK_O_RDWR);
+    if (ret >= 0 && proto != &block_driver_host_device)
+        ret = block_node_truncate(file, 0, true, PREALLOC_OFF);
     if (ret >= 0 && drv->create)
         ret = drv->create(filename, file, co);
     else if (ret >= 0)

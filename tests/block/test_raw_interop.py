@@ -289,3 +289,24 @@ def test_host_device_on_loop_device(qemu_raw, tmp_path):
         assert read_bytes(out) == read_bytes(qemu_raw)
     finally:
         run("losetup", "-d", dev, check=False)
+
+
+def test_create_never_truncates_an_image_in_use(qemu_raw):
+    before = read_bytes(qemu_raw)
+    holder = _hold_with_qemu_io(qemu_raw)
+    try:
+        r = vmm("create", "-f", "raw", qemu_raw, "1M", check=False)
+        assert r.returncode == 1
+        assert r.stderr.endswith(": Failed to get shared \"write\" lock: is another process using the image?\n")
+        assert read_bytes(qemu_raw) == before
+    finally:
+        holder.stdin.close()
+        holder.wait()
+
+
+def test_convert_onto_its_own_source_is_refused(qemu_raw):
+    before = read_bytes(qemu_raw)
+    r = vmm("convert", "-f", "raw", "-O", "raw", qemu_raw, qemu_raw, check=False)
+    assert r.returncode == 1
+    assert "lock" in r.stderr
+    assert read_bytes(qemu_raw) == before
