@@ -34,8 +34,13 @@ def main():
     timeout = data["qemu"]["timeout_s"]
     cmd = [boot_guest, elf, str(test["cpus"]), test["memory"], test.get("cmdline", ""), str(timeout)]
     print("+ " + " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, timeout=timeout + 30)
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=timeout + 30)
+    except subprocess.TimeoutExpired as e:
+        print((e.stdout or b"").decode(errors="replace"))
+        print(f"FAIL: {name}: boot-guest did not finish within {timeout + 30} s")
+        return 1
     console = proc.stdout.decode(errors="replace").replace("\r", "")
     print(console, end="" if console.endswith("\n") else "\n")
     if proc.stderr:
