@@ -380,6 +380,8 @@ static void set_default_value(JsonObject *o, const struct vmm_property_info *p)
 static int add_property(void *opaque, const struct vmm_property_info *p)
 {
     JsonArray *arr = opaque;
+    if (!strcmp(p->name, "id"))
+        return 0; /* as QEMU: an option of device_add, not a property */
     JsonObject *o = json_object_new();
     json_object_set_string_member(o, "name", p->name);
     json_object_set_string_member(o, "type", qom_property_type(p->type));

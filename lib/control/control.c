@@ -33,6 +33,7 @@ struct qmp_client {
     size_t scan;
     int depth;
     bool in_string, escape, bare;
+    bool skip_line;        /* after an oversized message: discard up to '\n' */
 };
 
 static GMutex control_create_lock;
@@ -255,14 +256,11 @@ static void handle_message(struct qmp_client *cl, const char *text, size_t len)
         }
     }
     g_object_unref(parser);
+    /* QEMU's order for quit: SHUTDOWN, then the reply, then the end. */
+    if (quit && vmm_machine_stop(cl->ctl->m) < 0)
+        vmm_log(VMM_LOG_WARNING, "qmp", "quit: %s", vmm_get_error());
     client_send(cl, reply);
     json_object_unref(reply);
-    if (quit) {
-        /* QEMU's order: the reply, then SHUTDOWN, then the end. */
-        vmm_machine *m = cl->ctl->m;
-        if (vmm_machine_stop(m) < 0)
-            vmm_log(VMM_LOG_WARNING, "qmp", "quit: %s", vmm_get_error());
-    }
 }
 
 static void report_garbage(struct qmp_client *cl, const char *start, size_t len)
@@ -281,6 +279,18 @@ static bool is_space(char c)
     return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
+/* Answer an oversized message with an error, forget it and skip the rest of
+ * its line: the client stays connected, like QEMU's parser recovering. */
+static void resync(struct qmp_client *cl, const char *desc)
+{
+    JsonObject *reply = error_reply("GenericError", desc);
+    client_send(cl, reply);
+    json_object_unref(reply);
+    cl->depth = 0;
+    cl->in_string = cl->escape = cl->bare = false;
+    cl->skip_line = true;
+}
+
 /* Split cl->in into top-level JSON values and handle each.  Returns false
  * when the client must be dropped (a message over the limits). */
 static bool split_messages(struct qmp_client *cl)
@@ -291,6 +301,11 @@ static bool split_messages(struct qmp_client *cl)
     bool started = cl->depth > 0 || cl->in_string || cl->bare;
     while (i < in->len) {
         char c = in->str[i];
+        if (cl->skip_line) {
+            cl->skip_line = c != '\n';
+            start = ++i;
+            continue;
+        }
         if (!started) {
             if (is_space(c)) {
                 start = ++i;
@@ -328,11 +343,10 @@ static bool split_messages(struct qmp_client *cl)
             cl->in_string = true;
         } else if (c == '{' || c == '[') {
             if (++cl->depth > QMP_MAX_NESTING) {
-                JsonObject *reply = error_reply("GenericError",
-                    "JSON parse error, too many nested data structures");
-                client_send(cl, reply);
-                json_object_unref(reply);
-                return false;
+                resync(cl, "JSON parse error, too many nested data structures");
+                start = ++i;
+                started = false;
+                continue;
             }
         } else if (c == '}' || c == ']') {
             done = --cl->depth == 0;
@@ -343,11 +357,10 @@ static bool split_messages(struct qmp_client *cl)
             started = false;
             start = i;
         }
-        if (i - start > QMP_MAX_MESSAGE) {
-            JsonObject *reply = error_reply("GenericError", "JSON parse error, message too large");
-            client_send(cl, reply);
-            json_object_unref(reply);
-            return false;
+        if (started && i - start > QMP_MAX_MESSAGE) {
+            resync(cl, "JSON parse error, message too large");
+            start = i;
+            started = false;
         }
     }
     g_string_erase(in, 0, start);
@@ -594,10 +607,10 @@ static char *execute_now(struct control *ctl, const char *json)
         reply = qmp_dispatch(ctl, json_parser_get_root(parser), &negotiated, &quit);
     }
     g_object_unref(parser);
-    char *text = object_to_text(reply);
-    json_object_unref(reply);
     if (quit)
         vmm_machine_stop(ctl->m);
+    char *text = object_to_text(reply);
+    json_object_unref(reply);
     flush_all(ctl);
     char *out = strdup(text);
     g_free(text);

@@ -363,14 +363,14 @@ LIBVMM_EXPORT int vmm_machine_remove_device(vmm_machine *m, const char *id)
     vmm_clear_error();
     if (!m || !id)
         return vmm_set_error(EINVAL, "vmm_machine_remove_device: machine and id are required");
-    if (vmm_machine_get_state(m) != VMM_STATE_CREATED)
-        return vmm_set_error(ENOTSUP, "vmm_machine_remove_device: %s: hot-unplug is not supported "
-                             "yet (the machine is %s)", id,
-                             vmm_machine_state_name(vmm_machine_get_state(m)));
     struct device *prev = NULL;
     for (struct device *d = m->devices; d; prev = d, d = d->next) {
         if (!d->id || strcmp(d->id, id))
             continue;
+        if (vmm_machine_get_state(m) != VMM_STATE_CREATED)
+            return vmm_set_error(ENOTSUP, "vmm_machine_remove_device: %s: hot-unplug is not "
+                                 "supported yet (the machine is %s)", id,
+                                 vmm_machine_state_name(vmm_machine_get_state(m)));
         if (d->cls->platform)
             return vmm_set_error(EPERM, "vmm_machine_remove_device: %s: the machine type created "
                                  "this device", id);

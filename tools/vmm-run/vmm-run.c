@@ -299,12 +299,11 @@ int main(int argc, char **argv)
     for (int i = 0; i < o.nr_devices; i++)
         if (vmm_machine_add_device(m, o.devices[i]) < 0)
             die_api();
-    if ((o.log && vmm_machine_set_log_file(m, o.log, o.verbose ? VMM_LOG_DEBUG : VMM_LOG_INFO) < 0) ||
-        (o.qmp && vmm_control_serve(m, o.qmp) < 0))
+    if (o.log && vmm_machine_set_log_file(m, o.log, o.verbose ? VMM_LOG_DEBUG : VMM_LOG_INFO) < 0)
         die_api();
     bool use_stdin;
     setup_serial(m, o.serial, &use_stdin);
-    if (vmm_machine_start(m) < 0)
+    if (vmm_machine_start(m) < 0 || (o.qmp && vmm_control_serve(m, o.qmp) < 0))
         die_api();
     if (use_stdin) {
         make_terminal_raw();
