@@ -871,6 +871,7 @@ int qcow2_check(struct block_node *bs, struct block_check_result *res, unsigned 
     if (fix && !s->writable)
         return QCOW2_ERR(EROFS, "qcow2: repairing needs a read-write open");
     pthread_mutex_lock(&s->lock);
+    qcow2_wait_inflight(s, 0, UINT64_MAX);
     int r = s->writable ? qcow2_release_reservation(bs) : 0;
     if (r >= 0)
         r = do_check(bs, res, fix, &ctx);

@@ -558,7 +558,38 @@ static int free_old_entries(struct block_node *bs, const uint64_t *old, uint64_t
     return r;
 }
 
-/* Write [voff, voff+len) (inside one L2 table) into new clusters. Lock held. */
+/* ---- allocating writes in flight ---------------------------------------------------
+ * An allocating write into an existing L2 table drops the lock for its data
+ * I/O.  Its guest range is registered here; anything else that would look at
+ * or change those L2 entries waits until the entries are written. */
+
+static bool inflight_overlaps(const struct qcow2_state *s, uint64_t start, uint64_t end)
+{
+    for (const struct qcow2_inflight *f = s->inflight; f; f = f->next)
+        if (start < f->end && f->start < end)
+            return true;
+    return false;
+}
+
+void qcow2_wait_inflight(struct qcow2_state *s, uint64_t start, uint64_t end)
+{
+    while (inflight_overlaps(s, start, end))
+        pthread_cond_wait(&s->inflight_cond, &s->lock);
+}
+
+static void inflight_remove(struct qcow2_state *s, struct qcow2_inflight *f)
+{
+    for (struct qcow2_inflight **p = &s->inflight; *p; p = &(*p)->next)
+        if (*p == f) {
+            *p = f->next;
+            break;
+        }
+    pthread_cond_broadcast(&s->inflight_cond);
+}
+
+/* Write [voff, voff+len) (inside one L2 table) into new clusters. Lock held
+ * on entry and on return; dropped for the data write into an existing
+ * table. */
 static int alloc_write(struct block_node *bs, uint64_t voff, uint64_t len,
                        const struct iovec *iov, int cnt, uint64_t skip, uint64_t nclusters)
 {
@@ -573,10 +604,14 @@ static int alloc_write(struct block_node *bs, uint64_t voff, uint64_t len,
     r = begin_l2(bs, vstart, true, &t);
     if (r < 0)
         return r;
+    uint64_t head = voff - vstart, tail_end = head + len;
+    bool direct = !head && !(tail_end & (cs - 1));   /* whole clusters: no bounce */
     uint64_t *old = calloc(nclusters, 8);
-    uint8_t *buf = malloc(nclusters * cs);
+    uint8_t *buf = direct ? NULL : malloc(nclusters * cs);
     uint64_t host = 0;
-    if (!old || !buf) {
+    struct qcow2_inflight fl = { vstart, vstart + nclusters * cs, NULL };
+    bool unlocked = false;
+    if (!old || (!direct && !buf)) {
         r = QCOW2_ERR(ENOMEM, "qcow2: out of memory");
         goto out;
     }
@@ -585,16 +620,43 @@ static int alloc_write(struct block_node *bs, uint64_t voff, uint64_t len,
     r = qcow2_alloc_clusters(bs, nclusters, &host);
     if (r < 0)
         goto out;
-    uint64_t head = voff - vstart, tail_end = head + len;
-    if (head)
-        r = read_cluster_content(bs, vstart, old[0], buf);
-    if (r >= 0 && (tail_end & (cs - 1)) && (tail_end > cs || !head))
-        r = read_cluster_content(bs, vstart + (nclusters - 1) * cs, old[nclusters - 1],
-                                 buf + (nclusters - 1) * cs);
-    if (r < 0)
-        goto undo;
-    iov_to_buf(iov, cnt, skip, buf + head, len);
-    r = block_node_pwrite(bs->file, host, buf, nclusters * cs, 0);
+    if (!direct) {
+        if (head)
+            r = read_cluster_content(bs, vstart, old[0], buf);
+        if (r >= 0 && (tail_end & (cs - 1)) && (tail_end > cs || !head))
+            r = read_cluster_content(bs, vstart + (nclusters - 1) * cs, old[nclusters - 1],
+                                     buf + (nclusters - 1) * cs);
+        if (r < 0)
+            goto undo;
+        iov_to_buf(iov, cnt, skip, buf + head, len);
+    }
+    if (!t.is_new) {
+        fl.next = s->inflight;
+        s->inflight = &fl;
+        unlocked = true;
+        pthread_mutex_unlock(&s->lock);
+    }
+    if (direct) {
+        struct iovec *v;
+        int vc;
+        r = iov_slice(iov, cnt, skip, len, &v, &vc);
+        if (r >= 0) {
+            r = block_node_pwritev(bs->file, host, len, v, vc, 0);
+            free(v);
+        }
+    } else {
+        r = block_node_pwrite(bs->file, host, buf, nclusters * cs, 0);
+    }
+    if (unlocked) {
+        pthread_mutex_lock(&s->lock);
+        /* other entries of the table may have changed meanwhile */
+        uint8_t *cur;
+        int r2 = qcow2_cache_get(bs, &s->l2_cache, t.l2_off, &cur);
+        if (r2 >= 0)
+            memcpy(t.table, cur, cs);
+        else if (r >= 0)
+            r = r2;
+    }
     if (r < 0)
         goto undo;
     for (uint64_t i = 0; i < nclusters; i++)
@@ -618,6 +680,8 @@ undo:
     if (t.is_new)
         qcow2_free_clusters(bs, t.l2_off, cs);
 out:
+    if (unlocked)
+        inflight_remove(s, &fl);
     free(old);
     free(buf);
     end_l2(&t);
@@ -659,6 +723,7 @@ static int write_compressed(struct block_node *bs, uint64_t offset, uint64_t byt
         return qcow2_pwritev(bs, offset, bytes, iov, cnt, 0);
     }
     pthread_mutex_lock(&s->lock);
+    qcow2_wait_inflight(s, offset, offset + cs);
     struct l2_txn t;
     r = qcow2_mark_dirty(bs);
     if (r >= 0)
@@ -720,6 +785,7 @@ int qcow2_pwritev(struct block_node *bs, uint64_t offset, uint64_t bytes,
         if (max > bytes - pos)
             max = bytes - pos;
         pthread_mutex_lock(&s->lock);
+        qcow2_wait_inflight(s, voff & ~(cs - 1), qcow2_align_up(voff + max, cs));
         uint64_t e, n;
         int r = get_run(bs, voff, max, &e, &n);
         if (r < 0) {
@@ -878,6 +944,7 @@ int qcow2_pdiscard(struct block_node *bs, uint64_t offset, uint64_t bytes)
     if (end <= start)
         return 0;
     pthread_mutex_lock(&s->lock);
+    qcow2_wait_inflight(s, start, end);
     int r = clear_range(bs, start, end - start, CLEAR_DISCARD);
     pthread_mutex_unlock(&s->lock);
     return r;
@@ -934,6 +1001,7 @@ int qcow2_pwrite_zeroes(struct block_node *bs, uint64_t offset, uint64_t bytes, 
     else
         mode = (flags & BLOCK_REQ_MAY_UNMAP) ? CLEAR_ZERO_UNMAP : CLEAR_ZERO_KEEP;
     pthread_mutex_lock(&s->lock);
+    qcow2_wait_inflight(s, start, aligned_end);
     r = clear_range(bs, start, aligned_end - start, mode);
     pthread_mutex_unlock(&s->lock);
     return r;

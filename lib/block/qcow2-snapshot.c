@@ -224,6 +224,7 @@ int qcow2_snapshot_create(struct block_node *bs, const struct block_snapshot *in
     if (s->nb_snapshots >= QCOW2_MAX_SNAPSHOTS)
         return QCOW2_ERR(EFBIG, "qcow2: too many snapshots");
     pthread_mutex_lock(&s->lock);
+    qcow2_wait_inflight(s, 0, UINT64_MAX);
     char idbuf[24];
     const char *id = in->id && *in->id ? in->id : NULL;
     if (!id) {
@@ -331,6 +332,7 @@ int qcow2_snapshot_goto(struct block_node *bs, const char *id_or_name)
     if (r < 0)
         return r;
     pthread_mutex_lock(&s->lock);
+    qcow2_wait_inflight(s, 0, UINT64_MAX);
     int i = find_snapshot(s, id_or_name);
     if (i < 0) {
         pthread_mutex_unlock(&s->lock);
@@ -374,6 +376,7 @@ int qcow2_snapshot_delete(struct block_node *bs, const char *id_or_name)
     if (r < 0)
         return r;
     pthread_mutex_lock(&s->lock);
+    qcow2_wait_inflight(s, 0, UINT64_MAX);
     int i = find_snapshot(s, id_or_name);
     if (i < 0) {
         pthread_mutex_unlock(&s->lock);

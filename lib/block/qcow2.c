@@ -550,8 +550,10 @@ static void free_state(struct qcow2_state *s)
     qcow2_free_snapshots(s);
     qcow2_cache_destroy(&s->l2_cache);
     qcow2_cache_destroy(&s->rb_cache);
-    if (s->lock_init)
+    if (s->lock_init) {
         pthread_mutex_destroy(&s->lock);
+        pthread_cond_destroy(&s->inflight_cond);
+    }
     memset(s, 0, sizeof(*s));
 }
 
@@ -611,6 +613,10 @@ static int qcow2_open(struct block_node *bs, vmm_opts *opts, unsigned flags)
     }
     if (pthread_mutex_init(&s->lock, NULL))
         return QCOW2_ERR(ENOMEM, "qcow2: cannot create a mutex");
+    if (pthread_cond_init(&s->inflight_cond, NULL)) {
+        pthread_mutex_destroy(&s->lock);
+        return QCOW2_ERR(ENOMEM, "qcow2: cannot create a condition variable");
+    }
     s->lock_init = true;
     s->writable = (flags & BLOCK_O_RDWR) != 0;
     bs->open_flags = flags;
@@ -891,6 +897,7 @@ static int qcow2_truncate(struct block_node *bs, uint64_t size, bool allow_shrin
     if (s->incompat & QCOW2_INCOMPAT_CORRUPT)
         return QCOW2_ERR(EIO, "qcow2: image is marked corrupt; writes are refused");
     pthread_mutex_lock(&s->lock);
+    qcow2_wait_inflight(s, 0, UINT64_MAX);
     int r = do_truncate(bs, size, allow_shrink, prealloc);
     pthread_mutex_unlock(&s->lock);
     return r;
@@ -1150,6 +1157,7 @@ static int qcow2_amend(struct block_node *bs, vmm_opts *opts)
         }
     }
     pthread_mutex_lock(&s->lock);
+    qcow2_wait_inflight(s, 0, UINT64_MAX);
     int version = compat ? ((o.compat == 1 || o.compat == 3) ? 2 : 3) : (int)s->version;
     if (rb && o.refcount_bits != s->refcount_bits)
         r = QCOW2_ERR(ENOTSUP, "qcow2: changing the refcount width is not supported");
@@ -1227,6 +1235,7 @@ static int qcow2_make_empty(struct block_node *bs)
     if (!s->writable)
         return QCOW2_ERR(EROFS, "qcow2: image is read-only");
     pthread_mutex_lock(&s->lock);
+    qcow2_wait_inflight(s, 0, UINT64_MAX);
     uint64_t per_l2 = (uint64_t)s->l2_entries << s->cluster_bits;
     int r = 0;
     for (uint32_t i = 0; i < s->l1_size && r >= 0; i++) {

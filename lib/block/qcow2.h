@@ -104,8 +104,15 @@ struct qcow2_open_opts {
     bool pass_discard_request;
 };
 
+struct qcow2_inflight {
+    uint64_t start, end;                    /* guest range, whole clusters */
+    struct qcow2_inflight *next;
+};
+
 struct qcow2_state {
     pthread_mutex_t lock;
+    pthread_cond_t inflight_cond;
+    struct qcow2_inflight *inflight;        /* allocating writes doing data I/O */
     bool lock_init;
 
     uint32_t version;
@@ -245,6 +252,8 @@ int qcow2_load_refcount_table(struct block_node *bs);
 /* qcow2-cluster.c */
 enum qcow2_cluster_type qcow2_entry_type(const struct qcow2_state *s, uint64_t entry);
 int qcow2_get_l2_entry(struct block_node *bs, uint64_t voff, uint64_t *entry);
+/* Wait (lock held) until no allocating write covers [start, end). */
+void qcow2_wait_inflight(struct qcow2_state *s, uint64_t start, uint64_t end);
 int qcow2_preadv(struct block_node *bs, uint64_t offset, uint64_t bytes,
                  const struct iovec *iov, int iovcnt, unsigned flags);
 int qcow2_pwritev(struct block_node *bs, uint64_t offset, uint64_t bytes,
