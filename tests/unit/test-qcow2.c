@@ -113,6 +113,61 @@ static void test_concurrent_writers(void **state)
        path("conc.qcow2"), path("conc.qcow2"));
 }
 
+/* Whole-cluster allocating writes from several threads into the same L2
+ * tables (their data I/O runs without the metadata lock). */
+struct big_writer {
+    struct block_node *bs;
+    int id;
+};
+
+static void *big_write_loop(void *opaque)
+{
+    struct big_writer *w = opaque;
+    static const uint64_t len = 3 * 4096;
+    uint8_t *buf = malloc(len);
+    memset(buf, 'a' + w->id, len);
+    void *ret = NULL;
+    for (uint64_t i = 0; i < 300 && !ret; i++) {
+        uint64_t off = (i * WRITERS + (uint64_t)w->id) * len;
+        if (block_node_pwrite(w->bs, off, buf, len, 0) < 0)
+            ret = (void *)1;
+        /* and a partial rewrite of a neighbour's range (COW or in place) */
+        if (i % 7 == 0 && block_node_pwrite(w->bs, off + len + 100, buf, 300, 0) < 0)
+            ret = (void *)1;
+    }
+    free(buf);
+    return ret;
+}
+
+static void test_concurrent_allocations(void **state)
+{
+    (void)state;
+    assert_int_equal(block_create(path("big.qcow2"), "qcow2", 16u << 20, "cluster_size=4096"), 0);
+    struct block_node *bs = open_rw(path("big.qcow2"));
+    pthread_t t[WRITERS];
+    struct big_writer w[WRITERS];
+    for (int i = 0; i < WRITERS; i++) {
+        w[i] = (struct big_writer){ bs, i };
+        assert_int_equal(pthread_create(&t[i], NULL, big_write_loop, &w[i]), 0);
+    }
+    for (int i = 0; i < WRITERS; i++) {
+        void *ret;
+        pthread_join(t[i], &ret);
+        assert_null(ret);
+    }
+    /* every byte is one of the writers' letters, never stale zeroes inside
+     * a chunk that was written whole after the last partial rewrite */
+    uint8_t *all = malloc(16u << 20);
+    assert_int_equal(block_node_pread(bs, 0, all, 16u << 20), 0);
+    for (uint64_t b = 0; b < 300ull * WRITERS * 3 * 4096; b++)
+        if (all[b] < 'a' || all[b] >= 'a' + WRITERS)
+            fail_msg("byte %" PRIu64 " is %#x", b, all[b]);
+    free(all);
+    check_clean(bs);
+    block_node_unref(bs);
+    sh("qemu-img check -q %s", path("big.qcow2"));
+}
+
 /* ---- block status, zeroes, compressed -------------------------------------------- */
 
 static void test_block_status_and_zeroes(void **state)
@@ -233,6 +288,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_concurrent_writers),
+        cmocka_unit_test(test_concurrent_allocations),
         cmocka_unit_test(test_block_status_and_zeroes),
         cmocka_unit_test(test_v2_zeroes_over_backing),
         cmocka_unit_test(test_snapshots),
