@@ -15,6 +15,8 @@ bool x2apic_supported(void)
 
 void x2apic_enable(void)
 {
+    if (!x2apic_supported())
+        printf("x2apic: CPUID.1:ECX[21] is clear; trying x2APIC mode anyway\n");
     uint64_t base = rdmsr(MSR_APIC_BASE);
     /* Disabled -> x2APIC directly is an invalid transition: go via xAPIC. */
     if (!(base & APIC_BASE_EN)) {
