@@ -28,11 +28,16 @@ def main():
     with open(expectations) as f:
         data = json.load(f)
     test = data["tests"][name]
+    if test.get("qemu_only"):
+        print(f"SKIP: {name} runs under QEMU only ({test.get('qemu_machine', '')})")
+        return SKIP
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         print("SKIP: /dev/kvm is missing or not accessible")
         return SKIP
     timeout = data["qemu"]["timeout_s"]
     cmd = [boot_guest, elf, str(test["cpus"]), test["memory"], test.get("cmdline", ""), str(timeout)]
+    if not test.get("test_exit_device", True):
+        cmd.append("no-exit-device")
     print("+ " + " ".join(cmd), flush=True)
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
