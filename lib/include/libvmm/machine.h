@@ -78,6 +78,8 @@ LIBVMM_EXPORT int vmm_machine_serial_input(vmm_machine *m, const void *data, siz
 /* Realize devices, load the kernel and start the vCPUs; returns at once. */
 LIBVMM_EXPORT int vmm_machine_start(vmm_machine *m);
 
+/* Stop the vCPUs (RUNNING -> PAUSED, emits STOP) and let them run again
+ * (PAUSED -> RUNNING, emits RESUME); each is a no-op in its target state. */
 LIBVMM_EXPORT int vmm_machine_pause(vmm_machine *m);
 LIBVMM_EXPORT int vmm_machine_resume(vmm_machine *m);
 
@@ -94,10 +96,12 @@ LIBVMM_EXPORT int vmm_machine_stop(vmm_machine *m);
  * Returns 0 when it ended, -1 with ETIMEDOUT when it did not. */
 LIBVMM_EXPORT int vmm_machine_wait(vmm_machine *m, int timeout_ms);
 
+/* The machine's state (VMM_STATE_ENDED for NULL). */
 LIBVMM_EXPORT enum vmm_machine_state vmm_machine_get_state(vmm_machine *m);
 /* The name of a state ("created", "running", "paused", "ended"). */
 LIBVMM_EXPORT const char *vmm_machine_state_name(enum vmm_machine_state state);
 
+/* Why the machine ended (VMM_EXIT_NONE while it has not). */
 LIBVMM_EXPORT enum vmm_exit_reason vmm_machine_exit_reason(vmm_machine *m);
 /* The test-exit status ((value << 1) | 1) for VMM_EXIT_TEST, else 0. */
 LIBVMM_EXPORT int vmm_machine_exit_code(vmm_machine *m);
@@ -139,6 +143,8 @@ struct vmm_event {
  * in order. */
 typedef void (*vmm_event_fn)(void *user_data, const struct vmm_event *event);
 
+/* Install the event callback (only in CREATED); `free_fn` runs on user_data
+ * when it is replaced or the machine is freed. */
 LIBVMM_EXPORT int vmm_machine_set_event_callback(vmm_machine *m, vmm_event_fn fn,
                                                  void *user_data, vmm_free_fn free_fn);
 
