@@ -12,7 +12,7 @@
 #include "introspect.h"
 #include "machine/machine.h"
 
-static const struct machine_class *const machine_classes[] = { &machine_microvm };
+static const struct machine_class *const machine_classes[] = { &machine_microvm, &machine_pc };
 
 #define MAX_CPUS 255
 
@@ -55,7 +55,7 @@ int machine_list_types(vmm_type_fn fn, void *user_data)
 int machine_list_properties(const char *name, vmm_property_fn fn, void *user_data)
 {
     if (!find_class(name))
-        return vmm_set_error(ENOENT, "unknown machine type '%s' (known: microvm)", name);
+        return vmm_set_error(ENOENT, "unknown machine type '%s' (known: microvm, pc)", name);
     return vmm_props_list(machine_props, fn, user_data);
 }
 
@@ -93,7 +93,7 @@ LIBVMM_EXPORT vmm_machine *vmm_machine_new(const char *type)
     vmm_clear_error();
     const struct machine_class *cls = find_class(type ? type : "microvm");
     if (!cls) {
-        vmm_set_error(ENOENT, "vmm_machine_new: unknown machine type '%s' (known: microvm)", type);
+        vmm_set_error(ENOENT, "vmm_machine_new: unknown machine type '%s' (known: microvm, pc)", type);
         return NULL;
     }
     vmm_machine *m = calloc(1, sizeof(*m));

@@ -20,6 +20,7 @@ struct device;
 struct vcpu;
 struct machine_listener;
 struct machine_log;
+struct pci_bus;
 
 /* The machine's configuration: every field is a machine property. */
 struct machine_config {
@@ -43,6 +44,7 @@ struct machine_class {
 };
 
 extern const struct machine_class machine_microvm;
+extern const struct machine_class machine_pc;
 
 struct vmm_machine {
     const struct machine_class *cls;
@@ -92,6 +94,7 @@ struct vmm_machine {
     /* Platform facts the loaders and tables need. */
     uint64_t ram_below_4g, ram_above_4g;
     uint64_t rsdp_addr;
+    struct pci_bus *pci;           /* bus 0 (machine type pc), owned by the pci-host device */
 };
 
 /* ---- for devices and the vCPU loop ------------------------------------- */

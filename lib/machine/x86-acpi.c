@@ -3,6 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include "devices/acpi-pm.h"
+#include "devices/pci.h"
+#include "devices/virtio/virtio.h"
+#include "machine/acpi-aml.h"
 #include "machine/machine.h"
 #include "machine/x86.h"
 
@@ -13,6 +16,8 @@ unsigned x86_build_e820(const vmm_machine *m, struct e820_entry *out)
     out[n++] = (struct e820_entry){ X86_EBDA_START, 0xa0000 - X86_EBDA_START, E820_RESERVED };
     out[n++] = (struct e820_entry){ X86_ACPI_ADDR, X86_HIMEM_START - X86_ACPI_ADDR, E820_RESERVED };
     out[n++] = (struct e820_entry){ X86_HIMEM_START, m->ram_below_4g - X86_HIMEM_START, E820_RAM };
+    if (m->pci) /* the ECAM window: Linux uses MCFG only when it is reserved */
+        out[n++] = (struct e820_entry){ PCI_ECAM_BASE, (uint64_t)PCI_ECAM_BUSES << 20, E820_RESERVED };
     if (m->ram_above_4g)
         out[n++] = (struct e820_entry){ 1ull << 32, m->ram_above_4g, E820_RAM };
     return n;
@@ -81,19 +86,62 @@ static void gas_io(uint8_t *p, unsigned bits, uint64_t port)
     le(p + 4, port, 8);
 }
 
-static size_t build_dsdt(struct acpi_builder *b)
+/* \_SB content: PCI0 on pc, the virtio-mmio devices on microvm. */
+static void build_sb(const vmm_machine *m, struct aml *sb)
 {
+    if (m->pci)
+        pci_build_aml((vmm_machine *)m, sb);
+    virtio_mmio_build_aml((vmm_machine *)m, sb);
+}
+
+static int build_dsdt(struct acpi_builder *b, const vmm_machine *m, size_t *out)
+{
+    struct aml sb, a;
+    aml_init(&sb);
+    aml_init(&a);
+    build_sb(m, &sb);
+    if (sb.len) {
+        aml_scope_open(&a, "\\_SB");
+        aml_bytes(&a, sb.data, sb.len);
+        aml_close(&a);
+    }
     /* Name (_S5, Package (4) { 5, 5, 0, 0 }): the S5 sleep type acpi-pm
      * treats as power off. */
-    static const uint8_t aml[] = {
-        0x08, '_', 'S', '5', '_', 0x12, 0x08, 0x04,
-        0x0a, ACPI_S5_SLP_TYP, 0x0a, ACPI_S5_SLP_TYP, 0x00, 0x00,
-    };
-    uint32_t len = 36 + sizeof(aml);
+    aml_name(&a, "_S5");
+    aml_package_open(&a, 4);
+    aml_integer(&a, ACPI_S5_SLP_TYP);
+    aml_integer(&a, ACPI_S5_SLP_TYP);
+    aml_integer(&a, 0);
+    aml_integer(&a, 0);
+    aml_close(&a);
+    int ret = aml_finish(&sb) < 0 || aml_finish(&a) < 0 ? -1 : 0;
+    uint32_t len = (uint32_t)(36 + a.len);
+    if (ret == 0 && b->len + len + 16 > sizeof(b->buf))
+        ret = vmm_set_error(ENOSPC, "ACPI tables: the DSDT does not fit");
+    if (ret == 0) {
+        size_t off = reserve(b, len, 16);
+        uint8_t *t = b->buf + off;
+        header(t, "DSDT", len, 2);
+        memcpy(t + 36, a.data, a.len);
+        finish(t, len);
+        *out = off;
+    }
+    aml_free(&sb);
+    aml_free(&a);
+    return ret;
+}
+
+/* MCFG: one ECAM window for segment 0, the buses of PCI0. */
+static size_t build_mcfg(struct acpi_builder *b)
+{
+    const uint32_t len = 44 + 16;
     size_t off = reserve(b, len, 16);
     uint8_t *t = b->buf + off;
-    header(t, "DSDT", len, 2);
-    memcpy(t + 36, aml, sizeof(aml));
+    header(t, "MCFG", len, 1);
+    le(t + 44, PCI_ECAM_BASE, 8);
+    le(t + 52, 0, 2);                          /* segment */
+    t[54] = 0;                                 /* first bus */
+    t[55] = PCI_ECAM_BUSES - 1;                /* last bus */
     finish(t, len);
     return off;
 }
@@ -217,12 +265,19 @@ int x86_build_acpi(vmm_machine *m)
     }
     /* The RSDP first, on a 16-byte boundary in the BIOS area guests scan. */
     size_t rsdp = reserve(b, 36, 16);
-    size_t dsdt = build_dsdt(b);
+    size_t dsdt = 0;
+    if (build_dsdt(b, m, &dsdt) < 0) {
+        free(b);
+        return -1;
+    }
     size_t facs = build_facs(b);
-    size_t tables[2];
-    tables[0] = build_fadt(b, dsdt, facs);
-    tables[1] = build_madt(b, m->nr_vcpus);
-    size_t xsdt = build_xsdt(b, tables, 2);
+    size_t tables[3];
+    unsigned n = 0;
+    tables[n++] = build_fadt(b, dsdt, facs);
+    tables[n++] = build_madt(b, m->nr_vcpus);
+    if (m->pci)
+        tables[n++] = build_mcfg(b);
+    size_t xsdt = build_xsdt(b, tables, n);
     build_rsdp(b, rsdp, xsdt);
     int ret = guest_memory_write(&m->mem, X86_ACPI_ADDR, b->buf, b->len);
     free(b);

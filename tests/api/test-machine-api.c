@@ -89,7 +89,7 @@ static void test_unknown_machine_type(void **s)
     (void)s;
     assert_null(vmm_machine_new("pdp11"));
     assert_int_equal(vmm_get_errno(), ENOENT);
-    assert_non_null(strstr(vmm_get_error(), "unknown machine type 'pdp11' (known: microvm)"));
+    assert_non_null(strstr(vmm_get_error(), "unknown machine type 'pdp11' (known: microvm, pc)"));
 }
 
 static void test_property_errors(void **s)
@@ -206,7 +206,7 @@ static void test_introspection(void **s)
     (void)s;
     struct names n = { "" };
     assert_int_equal(vmm_list_types("machine", collect_type, &n), 0);
-    assert_string_equal(n.list, "microvm ");
+    assert_string_equal(n.list, "microvm pc ");
     memset(&n, 0, sizeof(n));
     assert_int_equal(vmm_list_types("device", collect_type, &n), 0);
     assert_non_null(strstr(n.list, "isa-serial "));
