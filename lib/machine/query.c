@@ -109,7 +109,7 @@ static struct machine_log *log_of(vmm_machine *m)
         struct machine_log *log = calloc(1, sizeof(*log));
         if (log) {
             pthread_mutex_init(&log->lock, NULL);
-            m->log = log;
+            __atomic_store_n(&m->log, log, __ATOMIC_RELEASE);
         }
     }
     struct machine_log *log = m->log;
@@ -119,12 +119,22 @@ static struct machine_log *log_of(vmm_machine *m)
     return log;
 }
 
-static __thread struct machine_log *thread_log; /* what this thread is attached to */
+/* The sink attached to the machine's threads: the log is looked up per
+ * message, so attaching allocates nothing on vCPU threads. */
+static void machine_thread_sink(void *opaque, int level, const char *domain, const char *message)
+{
+    vmm_machine *m = opaque;
+    struct machine_log *log = __atomic_load_n(&m->log, __ATOMIC_ACQUIRE);
+    if (log)
+        machine_log_sink(log, level, domain, message);
+}
+
+static __thread vmm_machine *thread_machine; /* what this thread is attached to */
 
 void machine_log_attach_thread(vmm_machine *m)
 {
-    thread_log = log_of(m);
-    vmm_log_set_thread_sink(thread_log ? machine_log_sink : NULL, thread_log);
+    thread_machine = m;
+    vmm_log_set_thread_sink(machine_thread_sink, m);
 }
 
 void machine_log(vmm_machine *m, int level, const char *domain, const char *fmt, ...)
@@ -136,11 +146,10 @@ void machine_log(vmm_machine *m, int level, const char *domain, const char *fmt,
     va_end(ap);
     /* The machine's sink directly, the process-wide log without this
      * thread's sink (which may be the same machine's). */
-    if (m->log)
-        machine_log_sink(m->log, level, domain, message);
+    machine_thread_sink(m, level, domain, message);
     vmm_log_set_thread_sink(NULL, NULL);
     vmm_log(level, domain, "%s", message);
-    vmm_log_set_thread_sink(thread_log ? machine_log_sink : NULL, thread_log);
+    vmm_log_set_thread_sink(thread_machine ? machine_thread_sink : NULL, thread_machine);
 }
 
 static void log_replace(struct machine_log *log, vmm_log_fn fn, void *data, vmm_free_fn free_fn,

@@ -117,7 +117,8 @@ LIBVMM_EXPORT int vmm_control_serve(vmm_machine *m, const char *address);
  * JSON text the caller frees with free().  Runs in the machine's I/O thread
  * as the socket clients' commands do (the caller waits).  NULL only when
  * the call itself fails (no machine, no memory); a bad command gives an
- * error reply. */
+ * error reply.  Not from inside an event, serial or log callback running on
+ * another libvmm thread (the I/O thread may be waiting for that thread). */
 LIBVMM_EXPORT char *vmm_control_execute(vmm_machine *m, const char *json);
 
 #ifdef __cplusplus
