@@ -181,9 +181,10 @@ static int add_cpu(void *opaque, const struct vmm_vcpu_info *info)
 {
     JsonArray *arr = opaque;
     JsonObject *props = json_object_new();
-    json_object_set_int_member(props, "core-id", 0);
+    /* QEMU 7.2's default topology for -smp N: one socket of N cores. */
+    json_object_set_int_member(props, "core-id", info->index);
     json_object_set_int_member(props, "thread-id", 0);
-    json_object_set_int_member(props, "socket-id", info->index);
+    json_object_set_int_member(props, "socket-id", 0);
     JsonObject *o = json_object_new();
     json_object_set_int_member(o, "thread-id", info->thread_id);
     json_object_set_object_member(o, "props", props);

@@ -327,3 +327,19 @@ def test_bad_qmp_address_is_one_error_line():
     p = subprocess.run([VMM_RUN, "--kernel", LOOP, "--qmp", "tcp:1234", "--serial", "none"],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 1 and p.stderr.count("\n") == 1 and "unix:PATH" in p.stderr
+
+
+def test_query_cpus_fast_with_two_vcpus():
+    with tmpdir() as d, vmm_run(d, "--cpus", "2") as srv, srv.client() as c:
+        deadline = time.monotonic() + 10
+        cpus = c.command("query-cpus-fast")
+        while any(cpu["thread-id"] == 0 for cpu in cpus) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the second vCPU thread may still be starting
+            cpus = c.command("query-cpus-fast")
+        assert [(cpu["cpu-index"], cpu["props"]["core-id"]) for cpu in cpus] == [(0, 0), (1, 1)]
+        for cpu in cpus:
+            with open("/proc/%d/task/%d/comm" % (srv.proc.pid, cpu["thread-id"])) as f:
+                assert f.read().strip() == "vcpu %d" % cpu["cpu-index"]
+        info = c.command("human-monitor-command", command_line="info cpus")
+        assert info == "* CPU #0: thread_id=%d\r\n  CPU #1: thread_id=%d\r\n" % (
+            cpus[0]["thread-id"], cpus[1]["thread-id"])
