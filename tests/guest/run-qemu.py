@@ -35,6 +35,7 @@ def qemu_command(qemu, conf, test, elf):
         cmd += ["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
     if test.get("cmdline"):
         cmd += ["-append", test["cmdline"]]
+    cmd += test.get("qemu_args", [])
     return cmd
 
 
@@ -79,6 +80,9 @@ def main():
         data = json.load(f)
     test = data["tests"][args.test]
     conf = data["qemu"]
+    if test.get("libvmm_only"):
+        print(f"SKIP: {args.test} runs under libvmm only")
+        return SKIP
 
     qemu = shutil.which(args.qemu)
     if not qemu:

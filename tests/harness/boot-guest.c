@@ -1,10 +1,13 @@
 /* Boot one guest through the public API with the console on a callback,
  * and exit with the machine's status: what the guest suite runs.
- * Usage: boot-guest KERNEL CPUS MEMORY CMDLINE TIMEOUT_S [no-exit-device]
+ * Usage: boot-guest KERNEL CPUS MEMORY CMDLINE TIMEOUT_S [OPTION...]
+ * Options: no-exit-device, machine=TYPE, device=SPEC (repeatable),
+ * log (libvmm's warnings and errors to stderr as "libvmm: DOMAIN: message").
  * Exit status: the test-exit status, 0 on guest power-off, 1 on errors. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 #include <libvmm/libvmm.h>
 
@@ -12,6 +15,13 @@ static void console(void *user_data, const void *data, size_t len)
 {
     (void)user_data;
     fwrite(data, 1, len, stdout);
+}
+
+static void log_to_stderr(void *user_data, int level, const char *domain, const char *message)
+{
+    (void)user_data;
+    (void)level;
+    fprintf(stderr, "libvmm: %s: %s\n", domain, message);
 }
 
 static int fail(const char *what)
@@ -22,20 +32,38 @@ static int fail(const char *what)
 
 int main(int argc, char **argv)
 {
-    if (argc != 6 && argc != 7) {
-        fprintf(stderr, "usage: boot-guest KERNEL CPUS MEMORY CMDLINE TIMEOUT_S [no-exit-device]\n");
+    static const char usage[] = "usage: boot-guest KERNEL CPUS MEMORY CMDLINE TIMEOUT_S "
+                                "[no-exit-device] [machine=TYPE] [device=SPEC]... [log]\n";
+    if (argc < 6) {
+        fputs(usage, stderr);
         return 2;
     }
-    vmm_machine *m = vmm_machine_new("microvm");
+    const char *machine = "microvm";
+    bool exit_device = true;
+    for (int i = 6; i < argc; i++) {
+        if (!strcmp(argv[i], "no-exit-device"))
+            exit_device = false;
+        else if (!strncmp(argv[i], "machine=", 8))
+            machine = argv[i] + 8;
+        else if (!strcmp(argv[i], "log"))
+            vmm_set_log_callback(log_to_stderr, NULL, NULL, VMM_LOG_WARNING);
+        else if (strncmp(argv[i], "device=", 7)) {
+            fputs(usage, stderr);
+            return 2;
+        }
+    }
+    vmm_machine *m = vmm_machine_new(machine);
     if (!m)
         return fail("new");
     if (vmm_machine_set(m, "kernel", argv[1]) < 0 || vmm_machine_set(m, "cpus", argv[2]) < 0 ||
         vmm_machine_set(m, "memory", argv[3]) < 0 || vmm_machine_set(m, "cmdline", argv[4]) < 0 ||
         vmm_machine_set(m, "reboot", "off") < 0)
         return fail("set");
-    bool exit_device = argc == 6;
     if (exit_device && vmm_machine_add_device(m, "isa-debug-exit,iobase=0xf4,iosize=4") < 0)
         return fail("add_device");
+    for (int i = 6; i < argc; i++)
+        if (!strncmp(argv[i], "device=", 7) && vmm_machine_add_device(m, argv[i] + 7) < 0)
+            return fail(argv[i]);
     if (vmm_machine_set_serial_callback(m, console, NULL, NULL) < 0)
         return fail("serial");
     if (vmm_machine_start(m) < 0)

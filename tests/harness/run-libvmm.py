@@ -8,6 +8,7 @@ Exit status: 0 pass, 1 fail, 77 skip (no usable /dev/kvm).
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -38,6 +39,11 @@ def main():
     cmd = [boot_guest, elf, str(test["cpus"]), test["memory"], test.get("cmdline", ""), str(timeout)]
     if not test.get("test_exit_device", True):
         cmd.append("no-exit-device")
+    if "machine" in test:
+        cmd.append("machine=" + test["machine"])
+    cmd += ["device=" + d for d in test.get("devices", [])]
+    if "libvmm_log" in test:
+        cmd.append("log")
     print("+ " + " ".join(cmd), flush=True)
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -51,6 +57,10 @@ def main():
     if proc.stderr:
         print("stderr:\n" + proc.stderr.decode(errors="replace"))
     problems = load_checker()(test, proc.returncode, console)
+    log = proc.stderr.decode(errors="replace")
+    for pattern in test.get("libvmm_log", []):
+        if not re.search(pattern, log, re.MULTILINE):
+            problems.append(f"libvmm's log does not match {pattern!r}")
     for p in problems:
         print(f"FAIL: {name}: {p}")
     if not problems:

@@ -250,7 +250,7 @@ static int realize(struct virtio_proxy *p)
     struct device *dev = &p->pci.dev;
     const struct virtio_device_ops *ops = ((const struct virtio_device_class *)dev->cls)->ops;
     struct pci_device *pd = &p->pci;
-    uint32_t class_code = ops->pci_class ? ops->pci_class : 0xff0000;
+    uint32_t class_code = ops->pci_class ? ops->pci_class : 0x00ff00;
     if (pci_device_init(pd, VIRTIO_PCI_VENDOR, (uint16_t)(VIRTIO_PCI_DEVICE_BASE + ops->device_id),
                         class_code, 1, VIRTIO_PCI_VENDOR, 0x40) < 0)
         return -1;

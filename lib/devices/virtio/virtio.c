@@ -223,6 +223,8 @@ void virtio_set_status(struct virtio_device *vdev, uint8_t status)
         vdev->vqs[i].indirect = virtio_has_feature(vdev, VIRTIO_F_INDIRECT_DESC);
     }
     if ((status & VIRTIO_STATUS_DRIVER_OK) && !(old & VIRTIO_STATUS_DRIVER_OK)) {
+        if (vdev->broken)
+            virtio_config_changed(vdev);   /* broken before DRIVER_OK: tell the driver now */
         for (unsigned i = 0; i < vdev->num_queues; i++) {
             attach_event(vdev, i);
             if (vdev->vqs[i].ready)

@@ -51,7 +51,7 @@ struct virtio_device_ops {
     unsigned num_queues;           /* at most VIRTIO_MAX_QUEUES */
     uint16_t queue_size;           /* maximum size of each queue (power of two) */
     uint32_t config_size;          /* bytes of device-specific config space */
-    uint32_t pci_class;            /* PCI class code (0: 0xff0000, "other") */
+    uint32_t pci_class;            /* PCI class code (0: 0x00ff00, "other" as QEMU uses) */
     /* Optional: claim backends; fail with vmm_set_error. */
     int (*realize)(struct virtio_device *vdev);
     void (*unrealize)(struct virtio_device *vdev);
