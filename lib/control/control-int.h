@@ -54,4 +54,8 @@ JsonNode *qmp_call(struct control *ctl, const char *name, JsonObject *args, stru
 
 void control_close_nodes(struct control *ctl);
 
+/* The fuzz harness's entry: a whole client session on the caller's thread;
+ * returns the number of replies. */
+size_t control_fuzz_feed(vmm_machine *m, const char *data, size_t len);
+
 #endif

@@ -657,3 +657,30 @@ LIBVMM_EXPORT char *vmm_control_execute(vmm_machine *m, const char *json)
         vmm_set_error(ENOMEM, "vmm_control_execute: out of memory");
     return call.reply;
 }
+
+/* ---- for the fuzz harness (tests/control/fuzz-qmp.c) --------------------------- */
+
+/* Feed `data` to a new session as if a client had sent it, on the caller's
+ * thread and without a socket: framing, parsing, dispatch and the commands
+ * run here; replies are counted and dropped. */
+size_t control_fuzz_feed(vmm_machine *m, const char *data, size_t len)
+{
+    struct control ctl = { .m = m };
+    g_mutex_init(&ctl.lock);
+    struct qmp_client cl = { .ctl = &ctl, .fd = -1 };
+    cl.in = g_string_new(NULL);
+    cl.out = g_string_new(NULL);
+    for (size_t off = 0; off < len; off += 4096) { /* arrives in pieces, as from a socket */
+        size_t n = len - off < 4096 ? len - off : 4096;
+        g_string_append_len(cl.in, data + off, (gssize)n);
+        split_messages(&cl);
+    }
+    size_t replies = 0;
+    for (const char *p = cl.out->str; (p = strstr(p, "\r\n")); p += 2)
+        replies++;
+    g_string_free(cl.in, TRUE);
+    g_string_free(cl.out, TRUE);
+    control_close_nodes(&ctl);
+    g_mutex_clear(&ctl.lock);
+    return replies;
+}

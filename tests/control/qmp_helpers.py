@@ -1,18 +1,23 @@
 """Shared by the QMP tests: start vmm-run (or QEMU) with a QMP socket on the
 long-running pio-loop guest, and the libvmm package's QMP client."""
+import importlib.util
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 
 BUILD = os.environ.get("VMM_BUILD_DIR", "build")
-sys.path.insert(0, os.path.join(BUILD, "bindings", "python"))  # PYTHONPATH may also name it
 
-from libvmm.qmp import QMPClient, QMPError  # noqa: E402,F401
+# The package's QMP client, loaded by path: it needs no libvmm.so in this
+# process (so these tests also run against sanitizer builds).
+_spec = importlib.util.spec_from_file_location(
+    "libvmm_qmp", os.path.join(BUILD, "bindings", "python", "libvmm", "qmp.py"))
+_qmp = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_qmp)
+QMPClient, QMPError = _qmp.QMPClient, _qmp.QMPError
 
 VMM_RUN = os.path.join(BUILD, "tools", "vmm-run", "vmm-run")
 GUESTS = os.path.join(BUILD, "tests", "guest")
@@ -55,10 +60,17 @@ class Server:
 
     def __exit__(self, *exc):
         if self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: sanitizers still report at exit
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
-        self.proc.wait()
+            self.proc.wait()
+        errors = self.proc.stderr.read()
         self.proc.stdout.close()
         self.proc.stderr.close()
+        for marker in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
+            assert marker not in errors, errors
         return False
 
 

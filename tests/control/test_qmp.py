@@ -343,3 +343,32 @@ def test_query_cpus_fast_with_two_vcpus():
         info = c.command("human-monitor-command", command_line="info cpus")
         assert info == "* CPU #0: thread_id=%d\r\n  CPU #1: thread_id=%d\r\n" % (
             cpus[0]["thread-id"], cpus[1]["thread-id"])
+
+
+def test_random_garbage_from_several_clients(server):
+    """Deterministic random bytes (and random JSON-ish fragments) from three
+    clients at once: each gets errors or nothing, the server stays up and a
+    well-behaved client is answered throughout."""
+    import random
+    rng = random.Random(1234)
+    pieces = ['{', '}', '[', ']', '"', '\\', ':', ',', '{"execute":', '"query-status"', 'null',
+              '1e999', '\n', ' ', '"\\u0000"', '{"execute":"stop"', '\xff', 'true']
+    with server.client() as good:
+        noisy = [server.raw() for _ in range(3)]
+        try:
+            for round_ in range(30):
+                for s in noisy:
+                    if rng.random() < 0.5:
+                        data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 512)))
+                    else:
+                        data = "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 64)))
+                        data = data.encode("utf-8", "surrogateescape")
+                    try:
+                        s.sendall(data)
+                    except OSError:
+                        pass
+                assert "return" in good.execute("query-name")
+        finally:
+            for s in noisy:
+                s.close()
+        assert good.command("query-status")["status"] in ("running", "paused")
