@@ -465,7 +465,21 @@ static int start_io_thread(vmm_machine *m)
     return 0;
 }
 
+/* Serializes the I/O thread's creation between vmm_machine_start and a
+ * control server started from another thread. */
+static pthread_mutex_t io_start_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int ensure_io_thread_locked(vmm_machine *m);
+
 int machine_ensure_io_thread(vmm_machine *m)
+{
+    pthread_mutex_lock(&io_start_lock);
+    int ret = ensure_io_thread_locked(m);
+    pthread_mutex_unlock(&io_start_lock);
+    return ret;
+}
+
+static int ensure_io_thread_locked(vmm_machine *m)
 {
     if (m->io_thread)
         return 0;
