@@ -967,3 +967,19 @@ LIBVMM_EXPORT int vmm_block_measure(const char *format, const char *options, vmm
     block_create_opts_free(drv, co);
     return ret < 0 ? vmm_error_prefix("vmm_block_measure") : 0;
 }
+
+LIBVMM_EXPORT int vmm_block_list_create_options(const char *format, vmm_property_fn fn, void *user_data)
+{
+    if (!format || !fn)
+        return bad_arg("vmm_block_list_create_options", "no format or callback");
+    const struct block_driver *drv = block_driver_find(format);
+    if (!drv || !drv->is_format) {
+        vmm_set_error(ENOENT, "Unknown file format '%s'", format);
+        return vmm_error_prefix("vmm_block_list_create_options");
+    }
+    if (!drv->create_props) {
+        vmm_set_error(ENOTSUP, "Format driver '%s' does not support image creation", format);
+        return vmm_error_prefix("vmm_block_list_create_options");
+    }
+    return vmm_props_list(drv->create_props, fn, user_data);
+}

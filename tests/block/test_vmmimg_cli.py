@@ -167,3 +167,11 @@ def test_amend_raw_is_refused(raw):
     assert err("amend", "-o", "compat=0.10", "-f", "raw", raw) == (
         1, "vmm-img: vmm_block_amend: %s: format 'raw' does not support amend\n" % raw)
     assert os.path.getsize(raw) == 1 << 20
+
+
+def test_create_option_help():
+    out = vmm("create", "-f", "raw", "-o", "help").stdout
+    assert out.startswith("Supported options:\n  size=<size>")
+    assert "  preallocation=<enum>" in out
+    assert err("create", "-f", "vdi", "-o", "help") == (
+        1, "vmm-img: vmm_block_list_create_options: Unknown file format 'vdi'\n")

@@ -212,3 +212,18 @@ def test_measure_qcow2_agrees(src_raw):
     if "does not support measure" in r.stderr:
         pytest.xfail("qcow2 driver has no measure op yet")
     assert r.stdout == qemu_img("measure", "-O", "qcow2", src_raw).stdout
+
+
+def test_convert_with_backing_file(src_raw, tmp_path):
+    out = tmp_path / "over.qcow2"
+    vmm("convert", "-f", "raw", "-O", "qcow2", "-B", src_raw.name, "-F", "raw", src_raw, out)
+    qemu_clean(out)
+    info = info_json(qemu_img, out)
+    assert (info["backing-filename"], info["backing-filename-format"]) == (src_raw.name, "raw")
+    assert qemu_img("compare", src_raw, out).returncode == 0
+
+
+def test_create_option_help_lists_qcow2_options():
+    out = vmm("create", "-f", "qcow2", "-o", "help").stdout
+    for name in ("cluster_size", "compat", "refcount_bits", "lazy_refcounts", "backing_file", "preallocation"):
+        assert "  %s=<" % name in out

@@ -298,6 +298,10 @@ int cmd_convert(int argc, char **argv)
         case 'c': compress = true; break;
         case 'C': return err(1, "-C (copy offloading) is not supported");
         case 'o': {
+            if (!strcmp(optarg, "help") || !strcmp(optarg, "?")) {
+                free(opts);
+                return print_create_options(out_fmt ? out_fmt : "raw");
+            }
             size_t old = opts ? strlen(opts) : 0;
             char *s = realloc(opts, old + strlen(optarg) + 2);
             if (!s)

@@ -33,6 +33,7 @@ int progress_cb(void *user_data, uint64_t done, uint64_t total);
 void human_size(uint64_t val, char *buf, size_t len);
 
 int usage_ok(void);
+int print_create_options(const char *fmt);
 int usage_bad(void);
 int usage_bad_opt(int getopt_result);
 

@@ -194,6 +194,29 @@ static int join_opts(char **opts, const char *more)
     return 0;
 }
 
+static int print_option(void *ud, const struct vmm_property_info *p)
+{
+    (void)ud;
+    char name[64];
+    snprintf(name, sizeof(name), "%s=<%s>", p->name, p->type);
+    printf("  %-24s - %s", name, p->help ? p->help : "");
+    if (p->choices)
+        printf(" (%s)", p->choices);
+    if (p->default_value)
+        printf(" [default: %s]", p->default_value);
+    printf("\n");
+    return 0;
+}
+
+/* `-o help`: the format's creation options. */
+int print_create_options(const char *fmt)
+{
+    printf("Supported options:\n");
+    if (vmm_block_list_create_options(fmt, print_option, NULL) < 0)
+        return api_err(1);
+    return 0;
+}
+
 static int cmd_create(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -208,10 +231,8 @@ static int cmd_create(int argc, char **argv)
         case 'b': backing = optarg; break;
         case 'F': backing_fmt = optarg; break;
         case 'o':
-            if (!strcmp(optarg, "help") || !strcmp(optarg, "?")) {
-                printf("Supported options: see vmm_list_properties(\"block-driver\", \"%s\")\n", fmt);
-                return 0;
-            }
+            if (!strcmp(optarg, "help") || !strcmp(optarg, "?"))
+                return print_create_options(fmt);
             join_opts(&opts, optarg);
             break;
         case 'q': quiet = true; break;
@@ -1121,7 +1142,13 @@ static int cmd_amend(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, ":ho:f:t:pq", longopts, NULL)) != -1) {
         switch (c) {
-        case 'o': join_opts(&opts, optarg); break;
+        case 'o':
+            if (!strcmp(optarg, "help") || !strcmp(optarg, "?")) {
+                free(opts);
+                return print_create_options(fmt ? fmt : "qcow2");
+            }
+            join_opts(&opts, optarg);
+            break;
         case 'f': fmt = optarg; break;
         case 't': break;
         case 'p': pg.enabled = true; break;

@@ -154,6 +154,11 @@ typedef int (*vmm_block_progress_fn)(void *user_data, uint64_t done, uint64_t to
 LIBVMM_EXPORT int vmm_block_create(const char *filename, const char *format, int64_t size,
                                    const char *options);
 
+/* The options `vmm_block_create` accepts for `format` (qemu-img's -o names),
+ * one call per option; fails with ENOENT for an unknown format. */
+LIBVMM_EXPORT int vmm_block_list_create_options(const char *format, vmm_property_fn fn,
+                                                void *user_data);
+
 /* Information as a walk over typed key/value pairs, with qemu-img's JSON
  * names: "filename", "format", "virtual-size", "actual-size",
  * "cluster-size", "dirty-flag", "backing-filename", "full-backing-filename",
