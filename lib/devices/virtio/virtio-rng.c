@@ -11,7 +11,7 @@ struct virtio_rng {
     uint64_t max_bytes;            /* per period; 0 = unlimited */
     uint32_t period_ms;
     uint64_t quota;                /* bytes left in this period */
-    int64_t period_start_us;
+    int64_t period_start_us;       /* 0: no period running */
     GSource *refill;               /* timer until the next period */
 };
 
@@ -45,7 +45,9 @@ static uint64_t allowance(struct virtio_rng *rng)
         return UINT64_MAX;
     int64_t now = g_get_monotonic_time();
     int64_t period_us = (int64_t)rng->period_ms * 1000;
-    if (now - rng->period_start_us >= period_us) {
+    /* A period starts with the first request after the last one ended
+     * (as QEMU's timer does), not at reset. */
+    if (!rng->period_start_us || now - rng->period_start_us >= period_us) {
         rng->period_start_us = now;
         rng->quota = rng->max_bytes;
     }
@@ -88,7 +90,9 @@ static void rng_queue_notify(struct virtio_device *vdev, unsigned q)
     struct vq_chain chain;
     bool pushed = false;
     for (;;) {
-        uint64_t budget = allowance(rng);
+        if (!virtqueue_has_work(&vdev->vqs[q]))
+            break;
+        uint64_t budget = allowance(rng);   /* may arm the refill timer */
         if (!budget)
             break;
         if (virtio_pop(vdev, q, &chain) <= 0)
@@ -115,7 +119,7 @@ static void rng_reset(struct virtio_device *vdev)
     struct virtio_rng *rng = rng_of(vdev);
     stop_refill(rng);
     rng->quota = rng->max_bytes;
-    rng->period_start_us = g_get_monotonic_time();
+    rng->period_start_us = 0;
 }
 
 static void rng_unrealize(struct virtio_device *vdev)

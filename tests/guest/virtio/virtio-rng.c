@@ -1,7 +1,10 @@
 /* virtio-rng: read entropy through virtio-pci (MSI-X interrupts, x2APIC)
  * or virtio-mmio (level interrupt through the IOAPIC), with a plain
  * buffer, a two-descriptor chain and (when offered) an indirect table.
- * cmdline: transport=pci|mmio */
+ * cmdline: transport=pci|mmio; irq=intx (PCI without MSI-X: INTx + ISR
+ * through the IOAPIC pin the interrupt line register names, as libvmm's
+ * firmware role sets it); limit=N (the device allows N bytes per period:
+ * a second request must wait for the next period). */
 #include "vguest.h"
 
 #define VEC_QUEUE  0x28
@@ -45,8 +48,11 @@ static uint32_t request(struct vq *vq, uint16_t head, bool irqs, const char *wha
     uint32_t id, len;
     irq_enable();
     bool done = vq_wait_used(vq, &id, &len, WAIT_MS);
-    for (unsigned t = 0; irqs && done && queue_irqs == before && t < WAIT_MS * 10; t++)
+    unsigned waited = 0;
+    for (; irqs && done && queue_irqs == before && waited < WAIT_MS * 10; waited++)
         udelay(100);
+    if (waited > 10)
+        printf("virtio-rng: %s: the interrupt came %u00 us after the used entry\n", what, waited);
     irq_disable();
     if (!done)
         guest_fail("%s: no used entry within %u ms", what, WAIT_MS);
@@ -63,6 +69,31 @@ static void dump(const char *what, const uint8_t *p, uint32_t len)
     for (uint32_t i = 0; i < len && i < 8; i++)
         printf(" %02x", p[i]);
     printf("%s\n", len > 8 ? " ..." : "");
+}
+
+/* With max-bytes=limit: the first request gets `limit` bytes, a second
+ * one waits (not answered within 300 ms) until the next period. */
+static void rate_limited(struct vq *vq, uint32_t limit, bool irqs)
+{
+    if (limit > 64)
+        guest_fail("limit=%u: this test reads at most 64 bytes", limit);
+    vq->desc[0] = (struct vq_desc){ (uint64_t)(uintptr_t)buf[0], limit, VIRTQ_DESC_F_WRITE, 0 };
+    uint32_t len = request(vq, 0, irqs, "within the limit");
+    if (len != limit)
+        guest_fail("first request: %u bytes, the limit is %u", len, limit);
+    vq->desc[1] = (struct vq_desc){ (uint64_t)(uintptr_t)buf[1], 64, VIRTQ_DESC_F_WRITE, 0 };
+    vq_post(vq, 1);
+    vdev_notify(&dev, 0);
+    uint32_t id;
+    if (vq_wait_used(vq, &id, &len, 300))
+        guest_fail("over the limit, yet answered at once (%u bytes)", len);
+    printf("virtio-rng: over the limit: no answer within 300 ms\n");
+    irq_enable();
+    bool done = vq_wait_used(vq, &id, &len, 5000);
+    irq_disable();
+    if (!done || id != 1 || !len)
+        guest_fail("the next period never answered the waiting request");
+    printf("virtio-rng: next period: %u bytes\n", len);
 }
 
 int main(const struct hvm_start_info *si)
@@ -88,7 +119,15 @@ int main(const struct hvm_start_info *si)
 
     bool irqs = true;
     uint16_t vector = 0xffff;
-    if (!mmio) {
+    bool intx = !mmio && cmdline_is("irq", "intx");
+    if (intx) {
+        unsigned line = pci_read8(dev.slot, 0x3c), pin = pci_read8(dev.slot, 0x3d);
+        if (!pin || !ioapic_route_level(line, VEC_LINE))
+            guest_fail("INTx: pin %u, line %u is not an IOAPIC input", pin, line);
+        idt_set_handler(VEC_LINE, on_line);
+        printf("virtio-rng: interrupts: INTx pin %c -> IOAPIC gsi %u level -> 0x%x\n",
+               'A' + pin - 1, line, VEC_LINE);
+    } else if (!mmio) {
         if (dev.msix_vectors < 2)
             guest_fail("need 2 MSI-X vectors, have %u", dev.msix_vectors);
         idt_set_handler(VEC_QUEUE, on_queue);
@@ -114,6 +153,14 @@ int main(const struct hvm_start_info *si)
     vdev_set_status(&dev, STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
     if (vdev_status(&dev) & STATUS_NEEDS_RESET)
         guest_fail("device needs reset right after DRIVER_OK");
+
+    uint64_t limit = cmdline_u64("limit", 0);
+    if (limit) {
+        rate_limited(&vq, (uint32_t)limit, irqs);
+        vdev_reset(&dev);
+        printf("virtio-rng: ok\n");
+        return 0;
+    }
 
     /* 1: one writable buffer, three times: the bytes must differ. */
     for (unsigned i = 0; i < 3; i++) {
