@@ -247,6 +247,8 @@ uint32_t pci_config_read(struct pci_device *pd, unsigned offset, unsigned size)
     uint32_t v = 0;
     for (unsigned i = 0; i < size; i++)
         v |= (uint32_t)(offset + i < PCI_CONFIG_SIZE ? pd->config[offset + i] : 0) << (8 * i);
+    if (pd->config_read_hook && offset < PCI_CONFIG_SIZE)
+        v = pd->config_read_hook(pd, offset, size, v);
     return v;
 }
 

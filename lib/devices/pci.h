@@ -97,6 +97,9 @@ struct pci_device {
     bool intx_level;
     /* Optional hooks, called with the device lock held. */
     void (*config_written)(struct pci_device *pd, unsigned offset, unsigned size);
+    /* Optional: replace what a config read returns (value as stored). */
+    uint32_t (*config_read_hook)(struct pci_device *pd, unsigned offset, unsigned size,
+                                 uint32_t value);
     /* A BAR moved (or lost/gained decoding): old/new address, 0 = unmapped. */
     void (*bar_moved)(struct pci_device *pd, int bar, uint64_t old_addr, uint64_t new_addr);
 };

@@ -226,6 +226,49 @@ static void bar_moved(struct pci_device *pd, int bar, uint64_t old_addr, uint64_
     p->t.pci.notify_base = new_addr;
 }
 
+/* ---- VIRTIO_PCI_CAP_PCI_CFG: BAR access through config space ------------ */
+
+static bool in_cfg_window(const struct virtio_proxy *p, unsigned offset, unsigned size)
+{
+    unsigned data = p->t.pci.cfg_cap + 16u;
+    return p->t.pci.cfg_cap && offset < data + 4 && data < offset + size;
+}
+
+/* The window's target: BAR 4 only, 1/2/4 bytes, naturally aligned. */
+static bool cfg_target(struct virtio_proxy *p, uint32_t *off, unsigned *len)
+{
+    struct pci_device *pd = &p->pci;
+    unsigned cap = p->t.pci.cfg_cap;
+    *off = pci_get_long(pd, cap + 8);
+    *len = pci_get_long(pd, cap + 12);
+    return pd->config[cap + 4] == MODERN_BAR && (*len == 1 || *len == 2 || *len == 4) &&
+           *off % *len == 0 && *off < MODERN_BAR_SIZE;
+}
+
+static uint32_t cfg_read_hook(struct pci_device *pd, unsigned offset, unsigned size,
+                              uint32_t value)
+{
+    struct virtio_proxy *p = proxy_of(pd);
+    uint32_t off;
+    unsigned len;
+    if (!in_cfg_window(p, offset, size) || !cfg_target(p, &off, &len))
+        return value;
+    pci_set_long(pd, p->t.pci.cfg_cap + 16u, (uint32_t)modern_read(pd, off, len));
+    uint32_t v = 0;
+    for (unsigned i = 0; i < size; i++)
+        v |= (uint32_t)pd->config[offset + i] << (8 * i);
+    return v;
+}
+
+static void cfg_written(struct pci_device *pd, unsigned offset, unsigned size)
+{
+    struct virtio_proxy *p = proxy_of(pd);
+    uint32_t off;
+    unsigned len;
+    if (in_cfg_window(p, offset, size) && cfg_target(p, &off, &len))
+        modern_write(pd, off, pci_get_long(pd, p->t.pci.cfg_cap + 16u), len);
+}
+
 /* ---- capabilities ------------------------------------------------------ */
 
 static int add_cap(struct pci_device *pd, uint8_t type, uint32_t offset, uint32_t length,
@@ -242,6 +285,13 @@ static int add_cap(struct pci_device *pd, uint8_t type, uint32_t offset, uint32_
     pci_set_long(pd, at + 12, length);
     if (type == CAP_NOTIFY)
         pci_set_long(pd, at + 16, NOTIFY_MULTIPLIER);
+    if (type == CAP_PCI) {
+        /* bar, offset, length and the data window are the driver's. */
+        memset(pd->wmask + at + 4, 0xff, 1);
+        memset(pd->wmask + at + 8, 0xff, 12);
+        pd->config[at + 4] = 0;
+        ((struct virtio_proxy *)pd)->t.pci.cfg_cap = at;
+    }
     return 0;
 }
 
@@ -261,11 +311,14 @@ static int realize(struct virtio_proxy *p)
     if (add_cap(pd, CAP_COMMON, COMMON_OFFSET, COMMON_SIZE, 0) < 0 ||
         add_cap(pd, CAP_ISR, ISR_OFFSET, 1, 0) < 0 ||
         (ops->config_size && add_cap(pd, CAP_DEVICE, DEVICE_OFFSET, ops->config_size, 0) < 0) ||
-        add_cap(pd, CAP_NOTIFY, NOTIFY_OFFSET, NOTIFY_MULTIPLIER * p->vdev.num_queues, 4) < 0)
+        add_cap(pd, CAP_NOTIFY, NOTIFY_OFFSET, NOTIFY_MULTIPLIER * p->vdev.num_queues, 4) < 0 ||
+        add_cap(pd, CAP_PCI, 0, 0, 4) < 0)
         return -1;
     if (pci_device_add_msix(pd, p->vdev.num_queues + 1, MSIX_BAR, 0, MSIX_PBA_OFFSET) < 0)
         return -1;
     pd->bar_moved = bar_moved;
+    pd->config_read_hook = cfg_read_hook;
+    pd->config_written = cfg_written;
     return pci_device_register(pd);
 }
 

@@ -145,7 +145,7 @@ void virtio_config_write(struct virtio_device *vdev, uint32_t offset, uint64_t v
 
 /* ---- transports' state and device classes -------------------------------- */
 struct virtio_pci_state {
-    uint8_t common_bar_ready;
+    uint8_t cfg_cap;               /* offset of the PCI_CFG capability */
     uint64_t notify_base;          /* where the notify region is mapped (0: not) */
     bool ioeventfds;               /* registered at notify_base */
 };

@@ -127,6 +127,29 @@ int main(const struct hvm_start_info *si)
         guest_fail("memory decoding off, yet the BAR still answers");
     printf("pci: memory decoding off silences the BAR, on restores it (features 0x%08x)\n",
            mmio_read32(target + offset + 4));
+    /* VIRTIO_PCI_CAP_PCI_CFG: the same register through config space. */
+    unsigned cfg = 0;
+    for (unsigned cap = pci_find_cap((unsigned)slot, 0x09, 0); cap;
+         cap = pci_find_cap((unsigned)slot, 0x09, cap))
+        if (pci_read8((unsigned)slot, cap + 3) == 5)
+            cfg = cap;
+    if (!cfg)
+        guest_fail("no VIRTIO_PCI_CAP_PCI_CFG capability");
+    uint32_t word = pci_read32((unsigned)slot, cfg + 4);
+    pci_write32((unsigned)slot, cfg + 4, (word & ~0xffu) | (uint32_t)bar);
+    pci_write32((unsigned)slot, cfg + 8, offset + 4);   /* device_feature */
+    pci_write32((unsigned)slot, cfg + 12, 4);
+    uint32_t via_cfg = pci_read32((unsigned)slot, cfg + 16);
+    printf("pci: PCI_CFG window reads device_feature 0x%08x\n", via_cfg);
+    if (via_cfg != f_old)
+        guest_fail("PCI_CFG window: 0x%08x, the BAR says 0x%08x", via_cfg, f_old);
+    pci_write32((unsigned)slot, cfg + 8, offset);       /* device_feature_select */
+    pci_write32((unsigned)slot, cfg + 16, 1);
+    uint32_t high = mmio_read32(target + offset + 4);
+    printf("pci: PCI_CFG window write selects feature word 1: 0x%08x\n", high);
+    if (!(high & 1))
+        guest_fail("feature word 1 lacks VERSION_1 after a PCI_CFG write");
+    mmio_write32(target + offset, 0);
     printf("pci-enum: ok\n");
     return 0;
 }
