@@ -494,6 +494,20 @@ class Block:
                                     text.encode() if text else ffi.NULL))
 
     @staticmethod
+    def create_options(format):
+        """The -o options `create` accepts for `format`, as PropertyInfo tuples."""
+        out = []
+
+        @ffi.callback("int(void *, const struct vmm_property_info *)")
+        def collect(_data, info):
+            choices = _text(info.choices)
+            out.append(PropertyInfo(_text(info.name), _text(info.type), _text(info.default_value),
+                                    _text(info.help), choices.split("|") if choices else None))
+            return 0
+        _check(lib.vmm_block_list_create_options(format.encode(), collect, ffi.NULL))
+        return out
+
+    @staticmethod
     def measure(format, size=0, src=None, options=None):
         required = ffi.new("uint64_t *")
         full = ffi.new("uint64_t *")

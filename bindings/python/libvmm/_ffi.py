@@ -153,6 +153,7 @@ int vmm_block_rebase(vmm_block *blk, const char *backing, const char *backing_fo
 int vmm_block_amend(vmm_block *blk, const char *options);
 int vmm_block_measure(const char *format, const char *options, vmm_block *src, uint64_t size,
                       uint64_t *required, uint64_t *fully_allocated);
+int vmm_block_list_create_options(const char *format, vmm_property_fn fn, void *user_data);
 int64_t vmm_block_cluster_size(vmm_block *blk);
 int64_t vmm_block_allocated_size(vmm_block *blk);
 
