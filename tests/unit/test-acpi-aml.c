@@ -174,7 +174,9 @@ static char *disassemble(const uint8_t *t, const char *name)
 
 static void expect_text(const char *text, const char *needle)
 {
-    if (!strstr(text, needle))
+    if (!text)
+        fail_msg("no disassembly to look for '%s' in", needle);
+    else if (!strstr(text, needle))
         fail_msg("disassembly lacks '%s':\n%s", needle, text);
 }
 
