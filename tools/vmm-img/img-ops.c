@@ -47,7 +47,7 @@ struct convert {
     uint64_t cluster;       /* compressed writes go one cluster at a time */
     uint64_t sparse;        /* -S: zero detection granularity, 0 = off */
     pthread_mutex_t lock;
-    pthread_cond_t turn;
+    pthread_cond_t turn[16]; /* chunk seq % 16: wakes only the next writer */
     uint64_t next_off, next_seq, write_seq, done;
     int failed;             /* first failure's exit status */
     char *error;
@@ -194,7 +194,7 @@ static int convert_chunk(struct convert *cv, uint64_t off, uint64_t len, uint8_t
     if (cv->ordered) { /* writes go out in order, like qemu-img without -W */
         pthread_mutex_lock(&cv->lock);
         while (cv->write_seq != seq && !cv->failed)
-            pthread_cond_wait(&cv->turn, &cv->lock);
+            pthread_cond_wait(&cv->turn[seq % 16], &cv->lock);
         pthread_mutex_unlock(&cv->lock);
     }
     for (int i = 0; i < pl->n; i++) {
@@ -213,7 +213,8 @@ static void convert_fail(struct convert *cv, const char *why)
         cv->failed = 1;
         cv->error = strdup(why ? why : vmm_get_error());
     }
-    pthread_cond_broadcast(&cv->turn);
+    for (int i = 0; i < 16; i++)
+        pthread_cond_broadcast(&cv->turn[i]);
     pthread_mutex_unlock(&cv->lock);
 }
 
@@ -246,7 +247,7 @@ static void *convert_worker(void *opaque)
         cv->write_seq++;
         cv->done += len;
         progress_update(cv->pg, cv->done, cv->total);
-        pthread_cond_broadcast(&cv->turn);
+        pthread_cond_signal(&cv->turn[cv->write_seq % 16]);
         pthread_mutex_unlock(&cv->lock);
     }
     free(buf);
@@ -259,7 +260,8 @@ static int run_convert(struct convert *cv, int threads)
     pthread_t tid[16];
     int n = 0;
     pthread_mutex_init(&cv->lock, NULL);
-    pthread_cond_init(&cv->turn, NULL);
+    for (int i = 0; i < 16; i++)
+        pthread_cond_init(&cv->turn[i], NULL);
     for (int i = 0; i < threads; i++)
         if (!pthread_create(&tid[n], NULL, convert_worker, cv))
             n++;
@@ -268,7 +270,8 @@ static int run_convert(struct convert *cv, int threads)
     for (int i = 0; i < n; i++)
         pthread_join(tid[i], NULL);
     pthread_mutex_destroy(&cv->lock);
-    pthread_cond_destroy(&cv->turn);
+    for (int i = 0; i < 16; i++)
+        pthread_cond_destroy(&cv->turn[i]);
     return cv->failed ? -1 : 0;
 }
 
