@@ -71,7 +71,9 @@ int vcpu_set_linux64_entry(struct vcpu *v, uint64_t entry, uint64_t boot_params,
 struct vcpu_state {
     struct kvm_regs regs;
     struct kvm_sregs sregs;
-    struct kvm_xsave xsave;
+    /* struct kvm_xsave as KVM_GET_XSAVE fills it (its legacy 4 KiB size; a
+     * byte array because the struct ends in a flexible array). */
+    uint8_t xsave[4096] __attribute__((aligned(8)));
     struct kvm_xcrs xcrs;
     struct kvm_lapic_state lapic;
     struct kvm_vcpu_events events;

@@ -102,24 +102,34 @@ void vcpu_destroy(struct vcpu *v)
     free(v);
 }
 
+/* A kvm_msrs with room for n entries (the struct ends in a flexible array). */
+static struct kvm_msrs *msrs_alloc(unsigned n)
+{
+    struct kvm_msrs *msrs = calloc(1, sizeof(*msrs) + n * sizeof(msrs->entries[0]));
+    if (msrs)
+        msrs->nmsrs = n;
+    else
+        vmm_set_error(ENOMEM, "out of memory");
+    return msrs;
+}
+
 static int set_msrs(struct vcpu *v, const uint32_t *index, const uint64_t *value, unsigned n)
 {
-    struct {
-        struct kvm_msrs hdr;
-        struct kvm_msr_entry e[VCPU_STATE_MSRS];
-    } msrs;
-    memset(&msrs, 0, sizeof(msrs));
+    struct kvm_msrs *msrs = msrs_alloc(n);
+    if (!msrs)
+        return -1;
     for (unsigned i = 0; i < n; i++) {
-        msrs.e[i].index = index[i];
-        msrs.e[i].data = value[i];
+        msrs->entries[i].index = index[i];
+        msrs->entries[i].data = value[i];
     }
-    msrs.hdr.nmsrs = n;
-    int done = ioctl(v->fd, KVM_SET_MSRS, &msrs);
+    int done = ioctl(v->fd, KVM_SET_MSRS, msrs);
+    int ret = 0;
     if (done < 0)
-        return vmm_set_error_errno("KVM_SET_MSRS on vCPU %u", v->index);
-    if ((unsigned)done != n)
-        return vmm_set_error(EINVAL, "vCPU %u refused MSR 0x%x", v->index, index[done]);
-    return 0;
+        ret = vmm_set_error_errno("KVM_SET_MSRS on vCPU %u", v->index);
+    else if ((unsigned)done != n)
+        ret = vmm_set_error(EINVAL, "vCPU %u refused MSR 0x%x", v->index, index[done]);
+    free(msrs);
+    return ret;
 }
 
 static int reset_msrs(struct vcpu *v)
@@ -394,6 +404,8 @@ void vcpu_join(struct vcpu *v)
 
 /* ---- saved state ------------------------------------------------------- */
 
+_Static_assert(VMM_ARRAY_SIZE(saved_msrs) <= VCPU_STATE_MSRS, "saved MSRs fit the state");
+
 static bool msr_is_saved(uint32_t index)
 {
     for (size_t i = 0; i < VMM_ARRAY_SIZE(saved_msrs); i++)
@@ -447,22 +459,23 @@ const struct state_desc vcpu_state_desc = {
 
 static int get_msrs(struct vcpu *v, struct vcpu_state *s)
 {
-    struct {
-        struct kvm_msrs hdr;
-        struct kvm_msr_entry e[VCPU_STATE_MSRS];
-    } msrs;
-    memset(&msrs, 0, sizeof(msrs));
-    for (size_t i = 0; i < VMM_ARRAY_SIZE(saved_msrs); i++)
-        msrs.e[i].index = saved_msrs[i];
-    msrs.hdr.nmsrs = VMM_ARRAY_SIZE(saved_msrs);
-    int done = ioctl(v->fd, KVM_GET_MSRS, &msrs);
-    if (done < 0)
+    unsigned n = VMM_ARRAY_SIZE(saved_msrs);
+    struct kvm_msrs *msrs = msrs_alloc(n);
+    if (!msrs)
+        return -1;
+    for (unsigned i = 0; i < n; i++)
+        msrs->entries[i].index = saved_msrs[i];
+    int done = ioctl(v->fd, KVM_GET_MSRS, msrs);
+    if (done < 0) {
+        free(msrs);
         return vmm_set_error_errno("KVM_GET_MSRS");
+    }
     s->nr_msrs = (uint32_t)done; /* KVM stops at the first MSR it lacks */
     for (int i = 0; i < done; i++) {
-        s->msr_index[i] = msrs.e[i].index;
-        s->msr_value[i] = msrs.e[i].data;
+        s->msr_index[i] = msrs->entries[i].index;
+        s->msr_value[i] = msrs->entries[i].data;
     }
+    free(msrs);
     return 0;
 }
 
@@ -471,7 +484,7 @@ int vcpu_save_state(struct vcpu *v, struct vcpu_state *s)
     memset(s, 0, sizeof(*s));
     struct kvm_mp_state mp;
     if (ioctl(v->fd, KVM_GET_REGS, &s->regs) < 0 || ioctl(v->fd, KVM_GET_SREGS, &s->sregs) < 0 ||
-        ioctl(v->fd, KVM_GET_XSAVE, &s->xsave) < 0 || ioctl(v->fd, KVM_GET_XCRS, &s->xcrs) < 0 ||
+        ioctl(v->fd, KVM_GET_XSAVE, s->xsave) < 0 || ioctl(v->fd, KVM_GET_XCRS, &s->xcrs) < 0 ||
         ioctl(v->fd, KVM_GET_LAPIC, &s->lapic) < 0 ||
         ioctl(v->fd, KVM_GET_VCPU_EVENTS, &s->events) < 0 ||
         ioctl(v->fd, KVM_GET_DEBUGREGS, &s->debugregs) < 0 ||
@@ -485,7 +498,7 @@ int vcpu_load_state(struct vcpu *v, const struct vcpu_state *s)
 {
     struct kvm_mp_state mp = { s->mp_state };
     if (ioctl(v->fd, KVM_SET_SREGS, &s->sregs) < 0 || ioctl(v->fd, KVM_SET_REGS, &s->regs) < 0 ||
-        ioctl(v->fd, KVM_SET_XSAVE, &s->xsave) < 0 || ioctl(v->fd, KVM_SET_XCRS, &s->xcrs) < 0 ||
+        ioctl(v->fd, KVM_SET_XSAVE, s->xsave) < 0 || ioctl(v->fd, KVM_SET_XCRS, &s->xcrs) < 0 ||
         ioctl(v->fd, KVM_SET_LAPIC, &s->lapic) < 0 ||
         ioctl(v->fd, KVM_SET_VCPU_EVENTS, &s->events) < 0 ||
         ioctl(v->fd, KVM_SET_DEBUGREGS, &s->debugregs) < 0 ||

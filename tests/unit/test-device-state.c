@@ -104,7 +104,8 @@ static void vcpu_sample(struct vcpu_state *s)
     s->sregs.cr4 = 0x20;
     s->sregs.efer = 0xd01;
     s->sregs.apic_base = 0xfee00900;
-    s->xsave.region[0] = 0x37f;
+    s->xsave[0] = 0x7f;
+    s->xsave[1] = 0x03;
     s->xcrs.nr_xcrs = 1;
     s->xcrs.xcrs[0].value = 3;
     s->lapic.regs[0x20] = 1;
