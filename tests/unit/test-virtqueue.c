@@ -142,6 +142,34 @@ static void test_readable_then_writable(void **state)
     assert_int_equal(*(uint8_t *)gp(f, BUF + 0x200), 0xab);
 }
 
+static void test_chain_clone(void **state)
+{
+    struct fixture *f = *state;
+    set_desc(f, DESC, 0, BUF, 8, VIRTQ_DESC_F_NEXT, 1);
+    set_desc(f, DESC, 1, BUF + 0x100, 16, VIRTQ_DESC_F_WRITE, 0);
+    set_desc(f, DESC, 2, BUF + 0x200, 4, VIRTQ_DESC_F_WRITE, 0);
+    post(f, 0);
+    post(f, 2);
+    struct vq_chain c;
+    assert_int_equal(virtqueue_pop(&f->vq, &c), 1);
+    struct vq_chain *kept = vq_chain_clone(&c);
+    assert_non_null(kept);
+    assert_int_equal(virtqueue_pop(&f->vq, &c), 1);   /* reuses the scratch arrays */
+    assert_int_equal(kept->head, 0);
+    assert_int_equal(kept->out_count, 1);
+    assert_int_equal(kept->in_count, 1);
+    assert_ptr_equal(kept->in[0].base, gp(f, BUF + 0x100));
+    assert_int_equal(kept->in[0].len, 16);
+    virtqueue_push(&f->vq, &c, 4);       /* completions in any order */
+    virtqueue_push(&f->vq, kept, 16);
+    uint32_t elem[4];
+    memcpy(elem, gp(f, USED + 4), 16);
+    assert_int_equal(elem[0], 2);
+    assert_int_equal(elem[2], 0);
+    assert_int_equal(elem[3], 16);
+    vq_chain_free(kept);
+}
+
 static void test_indirect(void **state)
 {
     struct fixture *f = *state;
@@ -416,8 +444,8 @@ static void test_state_validation(void **state)
     s.q_size[1] = 100;
     expect_rejected(&s, "size 100");
     sample_state(&s);
-    s.num_queues = 9;
-    expect_rejected(&s, "9 queues");
+    s.num_queues = VIRTIO_MAX_QUEUES + 1;
+    expect_rejected(&s, "33 queues");
     sample_state(&s);
     s.q_size[5] = 8;
     expect_rejected(&s, "beyond");
@@ -436,6 +464,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_single_writable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readable_then_writable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_indirect, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_chain_clone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_zero_length_segments_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_self_loop_in_indirect, setup, teardown),

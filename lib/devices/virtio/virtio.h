@@ -35,7 +35,7 @@
 #define VIRTIO_ISR_CONFIG 0x2
 
 #define VIRTIO_NO_VECTOR  0xffff
-#define VIRTIO_MAX_QUEUES 8
+#define VIRTIO_MAX_QUEUES 32     /* e.g. virtio-net: 15 queue pairs + control */
 
 #define VIRTIO_ID_NET     1
 #define VIRTIO_ID_BLOCK   2

@@ -310,3 +310,25 @@ uint32_t vq_chain_read(const struct vq_chain *chain, void *data, uint32_t len)
     }
     return done;
 }
+
+struct vq_chain *vq_chain_clone(const struct vq_chain *chain)
+{
+    unsigned n = chain->out_count + chain->in_count;
+    struct vq_chain *copy = malloc(sizeof(*copy) + (n ? n : 1) * sizeof(struct vq_iov));
+    if (!copy)
+        return NULL;
+    *copy = *chain;
+    struct vq_iov *segs = (struct vq_iov *)(copy + 1);
+    if (chain->out_count)
+        memcpy(segs, chain->out, chain->out_count * sizeof(*segs));
+    if (chain->in_count)
+        memcpy(segs + chain->out_count, chain->in, chain->in_count * sizeof(*segs));
+    copy->out = segs;
+    copy->in = segs + chain->out_count;
+    return copy;
+}
+
+void vq_chain_free(struct vq_chain *chain)
+{
+    free(chain);
+}

@@ -101,6 +101,11 @@ uint32_t vq_chain_write(struct virtqueue *vq, const struct vq_chain *chain, cons
                         uint32_t len);
 /* Copy up to `len` bytes out of the chain's readable segments. */
 uint32_t vq_chain_read(const struct vq_chain *chain, void *data, uint32_t len);
+/* A copy of a popped chain whose segment arrays outlive the next pop (for
+ * requests completed later, e.g. by the block layer); NULL when out of
+ * memory.  Free with vq_chain_free. */
+struct vq_chain *vq_chain_clone(const struct vq_chain *chain);
+void vq_chain_free(struct vq_chain *chain);
 /* Whether avail has entries the device has not popped. */
 bool virtqueue_has_work(struct virtqueue *vq);
 /* EVENT_IDX: ask for a notification when the driver adds beyond what we saw. */
