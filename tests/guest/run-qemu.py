@@ -12,6 +12,8 @@ import datetime
 import json
 import os
 import re
+import select
+import time
 import shutil
 import subprocess
 import sys
@@ -68,6 +70,38 @@ def check(test, status, console):
     return problems
 
 
+def run_guest(cmd, test, timeout):
+    """Run the machine, writing test["input"] to its serial input once the
+    console matches test["input_after"]; returns (status or None on
+    timeout, console, stderr)."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    pending = test.get("input", "").encode()
+    trigger = re.compile(test.get("input_after", "^"), re.MULTILINE)
+    out, deadline = b"", time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            proc.kill()
+            proc.wait()
+            return None, out.decode(errors="replace"), ""
+        ready, _, _ = select.select([proc.stdout], [], [], min(left, 1.0))
+        if not ready:
+            continue
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        out += chunk
+        if pending and trigger.search(out.decode(errors="replace").replace("\r", "")):
+            proc.stdin.write(pending)
+            proc.stdin.flush()
+            pending = b""
+    proc.stdin.close()
+    err = proc.stderr.read().decode(errors="replace")
+    status = proc.wait()
+    return status, out.decode(errors="replace").replace("\r", ""), err
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("expectations")
@@ -94,23 +128,19 @@ def main():
 
     cmd = qemu_command(qemu, conf, test, args.elf)
     print("+ " + " ".join(cmd), flush=True)
-    try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, timeout=conf["timeout_s"])
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode(errors="replace")
-        print(out)
+    status, console, stderr = run_guest(cmd, test, conf["timeout_s"])
+    if status is None:
+        print(console)
         print(f"FAIL: {args.test}: no exit within {conf['timeout_s']} s (guest hung?)")
         return 1
-    console = proc.stdout.decode(errors="replace").replace("\r", "")
     print(console, end="" if console.endswith("\n") else "\n")
-    if proc.stderr:
-        print("qemu stderr:\n" + proc.stderr.decode(errors="replace"))
-    problems = check(test, proc.returncode, console)
+    if stderr:
+        print("qemu stderr:\n" + stderr)
+    problems = check(test, status, console)
     for p in problems:
         print(f"FAIL: {args.test}: {p}")
     if not problems:
-        print(f"PASS: {args.test} (status {proc.returncode})")
+        print(f"PASS: {args.test} (status {status})")
     return 1 if problems else 0
 
 

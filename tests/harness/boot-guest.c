@@ -15,6 +15,7 @@ static void console(void *user_data, const void *data, size_t len)
 {
     (void)user_data;
     fwrite(data, 1, len, stdout);
+    fflush(stdout); /* the runner reacts to what the guest printed */
 }
 
 static void log_to_stderr(void *user_data, int level, const char *domain, const char *message)
@@ -64,7 +65,10 @@ int main(int argc, char **argv)
     for (int i = 6; i < argc; i++)
         if (!strncmp(argv[i], "device=", 7) && vmm_machine_add_device(m, argv[i] + 7) < 0)
             return fail(argv[i]);
-    if (vmm_machine_set_serial_callback(m, console, NULL, NULL) < 0)
+    /* Output through the callback, input from our stdin through the
+     * machine's I/O thread. */
+    if (vmm_machine_set_serial_callback(m, console, NULL, NULL) < 0 ||
+        vmm_machine_set_serial_fds(m, STDIN_FILENO, -1) < 0)
         return fail("serial");
     if (vmm_machine_start(m) < 0)
         return fail("start");

@@ -16,12 +16,12 @@ SKIP = 77
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def load_checker():
+def load_runner():
     path = os.path.join(HERE, "..", "guest", "run-qemu.py")
     spec = importlib.util.spec_from_file_location("run_qemu", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.check
+    return module
 
 
 def main():
@@ -29,6 +29,7 @@ def main():
     with open(expectations) as f:
         data = json.load(f)
     test = data["tests"][name]
+    runner = load_runner()
     if test.get("qemu_only"):
         print(f"SKIP: {name} runs under QEMU only ({test.get('qemu_machine', '')})")
         return SKIP
@@ -45,26 +46,23 @@ def main():
     if "libvmm_log" in test:
         cmd.append("log")
     print("+ " + " ".join(cmd), flush=True)
-    try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, timeout=timeout + 30)
-    except subprocess.TimeoutExpired as e:
-        print((e.stdout or b"").decode(errors="replace"))
+    status, console, stderr = runner.run_guest(cmd, test, timeout + 30)
+    if status is None:
+        print(console)
         print(f"FAIL: {name}: boot-guest did not finish within {timeout + 30} s")
         return 1
-    console = proc.stdout.decode(errors="replace").replace("\r", "")
     print(console, end="" if console.endswith("\n") else "\n")
-    if proc.stderr:
-        print("stderr:\n" + proc.stderr.decode(errors="replace"))
-    problems = load_checker()(test, proc.returncode, console)
-    log = proc.stderr.decode(errors="replace")
+    if stderr:
+        print("stderr:\n" + stderr)
+    problems = runner.check(test, status, console)
+    log = stderr
     for pattern in test.get("libvmm_log", []):
         if not re.search(pattern, log, re.MULTILINE):
             problems.append(f"libvmm's log does not match {pattern!r}")
     for p in problems:
         print(f"FAIL: {name}: {p}")
     if not problems:
-        print(f"PASS: {name} (status {proc.returncode})")
+        print(f"PASS: {name} (status {status})")
     return 1 if problems else 0
 
 
