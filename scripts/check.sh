@@ -10,23 +10,18 @@ sanitizer_checks="detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=
 
 meson test -C "$build" --print-errorlogs --num-processes 2 --logbase check "$@" || status=1
 
-# C tests link the sanitizers themselves.
+# The ASan+UBSan build: C unit tests, then the suites that drive libvmm
+# through its tools, Python and guests (see scripts/asan-wrapper.sh).
 ASAN_OPTIONS=$sanitizer_checks \
   meson test -C "$asan" --suite unit --print-errorlogs --num-processes 2 --logbase asan-unit "$@" || status=1
-
-# Python-driven tests load the ASan-built libvmm.so into Debian's (unsanitized)
-# python3, which needs the runtime preloaded; tests/asan-site keeps that
-# preload away from the programs the tests start.
-runtime="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
-LD_PRELOAD=$runtime ASAN_OPTIONS=detect_leaks=0 VMM_CHILD_ASAN_OPTIONS=$sanitizer_checks \
-  PYTHONPATH="$PWD/tests/asan-site" \
+ASAN_OPTIONS=$sanitizer_checks \
   meson test -C "$asan" --no-suite unit --no-suite fuzz --no-suite qemu --no-suite kernel \
-  --no-suite valgrind --no-suite abi --print-errorlogs --num-processes 2 \
-  --logbase asan-python "$@" || status=1
+  --no-suite valgrind --no-suite abi --wrapper "$PWD/scripts/asan-wrapper.sh" \
+  --print-errorlogs --num-processes 2 --logbase asan-python "$@" || status=1
 
 count() { # $1 = result names (comma separated); totals over every log of this run
-  python3 - "$1" "$build/meson-logs/check.json" "$asan/meson-logs/asan-unit.json" \
-    "$asan/meson-logs/asan-python.json" <<'PY'
+  # meson names a wrapped run's log after the wrapper: asan-python-*.json
+  python3 - "$1" "$build"/meson-logs/check*.json "$asan"/meson-logs/asan-*.json <<'PY'
 import json, sys
 wanted, n = sys.argv[1].split(","), 0
 for path in sys.argv[2:]:
