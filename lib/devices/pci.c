@@ -59,7 +59,8 @@ int pci_device_init(struct pci_device *pd, uint16_t vendor, uint16_t device, uin
 {
     vmm_machine *m = pd->dev.m;
     if (!m->pci)
-        return vmm_set_error(ENODEV, "%s needs a PCI bus (machine type pc)", pd->dev.cls->name);
+        return vmm_set_error(ENODEV, "needs a PCI bus: use machine type pc (on microvm, the "
+                             "virtio-mmio variant, e.g. virtio-rng-device)");
     pd->bus = m->pci;
     memset(pd->config, 0, sizeof(pd->config));
     memset(pd->wmask, 0, sizeof(pd->wmask));
