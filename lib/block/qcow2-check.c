@@ -176,6 +176,17 @@ static int walk_l2(struct block_node *bs, struct refmap *m, struct check_ctx *ct
                 }
                 ctx->res->corruptions++;   /* still counted, as qemu does */
             }
+            if (ctx && (fix & BLOCK_FIX_ERRORS) && m->file_len &&
+                off + s->cluster_size > m->file_len &&
+                off + s->cluster_size - m->file_len >= s->cluster_size) {
+                /* the data is gone: the cluster reads as zeroes from now on */
+                note(ctx, "Repairing offset=%" PRIx64 ": data cluster beyond the end of the "
+                     "file; L2 entry cleared", off);
+                qcow2_put64(t + (size_t)i * 8, s->version >= 3 ? QCOW2_OFLAG_ZERO : 0);
+                dirty_table = true;
+                ctx->res->corruptions_fixed++;
+                break;
+            }
             if (ctx && ctx->stats) {
                 if (ctx->next_contiguous && off != ctx->next_contiguous)
                     ctx->res->fragmented_clusters++;
