@@ -173,6 +173,13 @@ struct block_driver {
      * create_opts' size), and when fully allocated. Optional. */
     int (*measure)(void *create_opts, struct block_node *src,
                    uint64_t *required, uint64_t *fully_allocated);
+    /* Protocol drivers addressed by options alone (nbd's server.*): the
+     * filename may be empty and the driver names the node itself.  Such a
+     * node is never created, only opened (create checks its size). */
+    bool filename_optional;
+    /* Request flags the driver honours itself (BLOCK_REQ_FUA: nbd sends
+     * it to the server); the core emulates the others (FUA: a flush). */
+    unsigned write_flags;
 };
 
 /* ---- what drivers call: synchronous, thread-safe I/O on a child node ---- */
@@ -204,5 +211,6 @@ extern const struct block_driver block_driver_file;
 extern const struct block_driver block_driver_host_device;
 extern const struct block_driver block_driver_raw;
 extern const struct block_driver block_driver_qcow2;
+extern const struct block_driver block_driver_nbd;
 
 #endif

@@ -152,8 +152,17 @@ struct open_ctx {
 };
 static _Thread_local struct open_ctx *open_ctx_top;
 
+/* nbd://, nbd+tcp:// and nbd+unix:// name NBD exports (the nbd driver). */
+static bool is_nbd_uri(const char *filename)
+{
+    return !strncmp(filename, "nbd://", 6) || !strncmp(filename, "nbd+tcp://", 10) ||
+           !strncmp(filename, "nbd+unix://", 11);
+}
+
 static const struct block_driver *protocol_for(const char *filename)
 {
+    if (is_nbd_uri(filename))
+        return &block_driver_nbd;
     struct stat st;
     if (!stat(filename, &st) && S_ISBLK(st.st_mode))
         return &block_driver_host_device;
@@ -163,7 +172,7 @@ static const struct block_driver *protocol_for(const char *filename)
 static int open_protocol(struct block_node **out, const struct block_driver *drv,
                          const char *filename, vmm_opts *opts, unsigned flags)
 {
-    if (!filename || !*filename) {
+    if ((!filename || !*filename) && !drv->filename_optional) {
         vmm_set_error(EINVAL, "%s: a filename is required", drv->name);
         return -EINVAL;
     }
@@ -420,8 +429,9 @@ int block_node_pwritev(struct block_node *bs, uint64_t offset, uint64_t bytes,
         return ret;
     if (!bs->drv->pwritev)
         return no_method(bs, "writes");
-    ret = bs->drv->pwritev(bs, offset, bytes, iov, iovcnt, flags & ~BLOCK_REQ_FUA);
-    if (ret >= 0 && (flags & BLOCK_REQ_FUA))
+    unsigned emulated = flags & BLOCK_REQ_FUA & ~bs->drv->write_flags;
+    ret = bs->drv->pwritev(bs, offset, bytes, iov, iovcnt, flags & ~emulated);
+    if (ret >= 0 && emulated)
         ret = block_node_flush(bs);
     return ret;
 }
@@ -483,14 +493,17 @@ int block_node_pwrite_zeroes(struct block_node *bs, uint64_t offset, uint64_t by
     int ret = check_writable(bs);
     if (ret < 0 || !bytes)
         return ret;
-    ret = bs->drv->pwrite_zeroes ? bs->drv->pwrite_zeroes(bs, offset, bytes, flags) : -ENOTSUP;
+    unsigned native = flags & BLOCK_REQ_FUA & bs->drv->write_flags;
+    ret = bs->drv->pwrite_zeroes
+              ? bs->drv->pwrite_zeroes(bs, offset, bytes, flags & ~(BLOCK_REQ_FUA & ~native)) : -ENOTSUP;
+    bool fua_pending = (flags & BLOCK_REQ_FUA) && !(native && ret >= 0);
     if (ret == -ENOTSUP && !(flags & BLOCK_REQ_NO_FALLBACK)) {
         vmm_clear_error();
         ret = write_zero_buffers(bs, offset, bytes);
     } else if (ret == -ENOTSUP) {
         vmm_set_error(ENOTSUP, "%s: no fast way to write zeroes", bs->filename);
     }
-    if (ret >= 0 && (flags & BLOCK_REQ_FUA))
+    if (ret >= 0 && fua_pending)
         ret = block_node_flush(bs);
     return ret;
 }
@@ -673,6 +686,33 @@ static int create_protocol_file(const char *filename, const struct block_driver 
     return 0;
 }
 
+/* Protocols whose images already exist (nbd): "creating" a raw image
+ * checks the size and zeroes the first 4 KiB so that no stale header is
+ * probed later, as qemu-img does. */
+static int create_on_existing(const char *filename, const struct block_driver *proto,
+                              const struct block_driver *drv, uint64_t size)
+{
+    if (drv != &block_driver_raw) {
+        vmm_set_error(ENOTSUP, "%s: only raw images can be created on %s", filename, proto->name);
+        return -ENOTSUP;
+    }
+    struct block_node *bs = NULL;
+    int ret = open_protocol(&bs, proto, filename, NULL, BLOCK_O_RDWR);
+    if (ret < 0)
+        return ret;
+    if (bs->size < size) {
+        vmm_set_error(EINVAL, "%s: the image size %" PRIu64 " exceeds the export size %" PRIu64
+                      " (it cannot be changed)", filename, size, bs->size);
+        ret = -EINVAL;
+    } else if (size) {
+        ret = block_node_pwrite_zeroes(bs, 0, size < 4096 ? size : 4096, 0);
+    }
+    if (ret >= 0)
+        ret = block_node_flush(bs);
+    block_node_unref(bs);
+    return ret;
+}
+
 int block_create(const char *filename, const char *format, uint64_t size, const char *options)
 {
     const struct block_driver *drv = block_driver_find(format ? format : "raw");
@@ -697,6 +737,11 @@ int block_create(const char *filename, const char *format, uint64_t size, const 
             ret = -EINVAL;
     }
     struct block_node *file = NULL;
+    if (ret >= 0 && proto->filename_optional) {
+        ret = create_on_existing(filename, proto, drv, size);
+        block_create_opts_free(drv, co);
+        return ret;
+    }
     if (ret >= 0)
         ret = create_protocol_file(filename, proto);
     if (ret >= 0)

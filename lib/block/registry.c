@@ -9,6 +9,7 @@ static const struct block_driver *const drivers[] = {
     &block_driver_host_device,
     &block_driver_raw,
     &block_driver_qcow2,
+    &block_driver_nbd,
 };
 
 const struct block_driver *block_driver_at(size_t i)
