@@ -1208,6 +1208,10 @@ static const struct command commands[] = {
                             "-b backing_file [-F backing_fmt] filename" },
     { "resize", cmd_resize, "resize [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] "
                             "filename [+ | -]size" },
+    { "serve", cmd_serve, "serve [-f fmt] [--image-opts] [-r] [-x name] [-D description] [-t] "
+                          "[-k socket | -p port [-b addr]] [-e shared] [--discard=ignore|unmap] "
+                          "[--detect-zeroes=off|on|unmap] [--cache=mode] [--aio=threads|native] "
+                          "[--pid-file=path] filename" },
     { "snapshot", cmd_snapshot, "snapshot [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | "
                                 "-d snapshot] filename" },
 };

@@ -4,5 +4,6 @@
 #include "common.h"
 #include "machine.h"
 #include "block.h"
+#include "nbd.h"
 #include "control.h"
 #endif
