@@ -8,7 +8,7 @@
 here=$(cd "$(dirname "$0")/.." && pwd)
 case "$(basename "$1")" in
   python3*)
-    export VMM_CHILD_ASAN_OPTIONS="${ASAN_OPTIONS:-}"
+    export VMM_CHILD_ASAN_OPTIONS="${ASAN_OPTIONS:-}${ASAN_OPTIONS:+:}verify_asan_link_order=0"
     export ASAN_OPTIONS=detect_leaks=0
     export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
     export PYTHONPATH="$here/tests/asan-site${PYTHONPATH:+:$PYTHONPATH}"
