@@ -10,7 +10,7 @@ build_packages=(meson ninja-build pkg-config gcc libc6-dev make
   libspice-server-dev libjson-glib-dev libslirp-dev libseccomp-dev libcmocka-dev)
 test_packages=(qemu-system-x86 qemu-utils nbdkit libnbd-bin python3-libnbd
   python3-pytest python3-cffi python3-dev valgrind socat clang libclang-rt-14-dev
-  iproute2 seabios abigail-tools)
+  iproute2 seabios abigail-tools acpica-tools)
 
 want=("${build_packages[@]}")
 [ "${1:-}" = "--test" ] && want+=("${test_packages[@]}")
