@@ -96,7 +96,7 @@ try:
     h.pread(4096, 8 << 20)
     raise SystemExit("read past the end succeeded")
 except nbd.Error as e:
-    assert e.errno == errno.EINVAL, e
+    assert "EINVAL" in str(e) and "command failed" in str(e), e
 # structured read of a hole is delivered as zeroes
 assert h.pread(65536, 5 << 20) == bytes(65536)
 assert h.pread(4096, 4096) == b"A" * 4096
