@@ -333,10 +333,12 @@ int nbd_server_handshake(struct srv_client *cl)
             r = opt_info_go(cl, opt, data, len, &go);
             break;
         case NBD_OPT_STRUCTURED_REPLY:
-            if (len)
+            if (len) {
                 r = send_rep_err(cl, opt, NBD_REP_ERR_INVALID, "STRUCTURED_REPLY takes no data");
-            else if ((cl->structured = true))
+            } else {
+                cl->structured = true;
                 r = send_rep(cl, opt, NBD_REP_ACK, NULL, 0);
+            }
             break;
         case NBD_OPT_LIST_META_CONTEXT:
         case NBD_OPT_SET_META_CONTEXT:
