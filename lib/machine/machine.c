@@ -526,8 +526,6 @@ static int realize_devices(vmm_machine *m)
 
 static int build_machine(vmm_machine *m)
 {
-    if (!m->cfg.kernel)
-        return vmm_set_error(EINVAL, "no kernel given (set the 'kernel' property)");
     if (kvm_vm_create(&m->vm) < 0)
         return -1;
     if (m->cls->init(m) < 0 || create_vcpus(m) < 0 || realize_devices(m) < 0)
@@ -540,8 +538,15 @@ LIBVMM_EXPORT int vmm_machine_start(vmm_machine *m)
     vmm_clear_error();
     if (check_state(m, "vmm_machine_start", IN(VMM_STATE_CREATED)) < 0)
         return -1;
-    if (build_machine(m) < 0 || start_io_thread(m) < 0)
+    if (!m->cfg.kernel)
+        return vmm_set_error(EINVAL, "vmm_machine_start: no kernel given (set the 'kernel' property)");
+    if (m->start_failed)
+        return vmm_set_error(EINVAL, "vmm_machine_start: an earlier start of this machine failed "
+                             "part-way; free it and build a new one");
+    if (build_machine(m) < 0 || start_io_thread(m) < 0) {
+        m->start_failed = true;
         return vmm_error_prefix("vmm_machine_start");
+    }
     pthread_mutex_lock(&m->lock);
     m->state = VMM_STATE_RUNNING;
     pthread_mutex_unlock(&m->lock);

@@ -56,7 +56,8 @@ struct vmm_machine {
     enum vmm_exit_reason exit_reason;
     int exit_code;
     char exit_message[512];
-    bool end_reported;             /* the SHUTDOWN event was delivered */
+    bool end_reported;
+    bool start_failed;             /* resources half built: no second try */             /* the SHUTDOWN event was delivered */
     bool pause_wanted;             /* vCPUs park while set */
     unsigned parked;               /* vCPUs parked right now */
 

@@ -152,6 +152,7 @@ static void test_start_errors(void **s)
     assert_int_equal(vmm_machine_set(m, "kernel", guest("hello-exit")), 0);
     assert_int_equal(vmm_machine_add_device(m, "isa-debug-exit,iobase=0x3f8"), 0);
     assert_error(vmm_machine_start(m), EBUSY, "overlaps isa-serial");
+    assert_error(vmm_machine_start(m), EINVAL, "an earlier start of this machine failed");
     vmm_machine_free(m);
     /* A kernel larger than RAM. */
     m = vmm_machine_new("microvm");

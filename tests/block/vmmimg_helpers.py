@@ -79,6 +79,13 @@ def lib_handle():
         lib.vmm_block_drain.argtypes = [ctypes.c_void_p]
         lib.vmm_block_completion_fd.argtypes = [ctypes.c_void_p]
         lib.vmm_block_dispatch.argtypes = [ctypes.c_void_p]
+        # Every call that takes the handle needs argtypes: without them
+        # ctypes passes a Python int as a 32-bit C int and cuts the pointer.
+        lib.vmm_block_discard.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64]
+        lib.vmm_block_write_zeroes.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64,
+                                               ctypes.c_uint]
+        lib.vmm_block_block_status.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64,
+                                               ctypes.c_void_p]
         lib.vmm_get_error.restype = ctypes.c_char_p
         _lib = lib
     return _lib

@@ -25,9 +25,12 @@ static void log_to_stderr(void *user_data, int level, const char *domain, const 
     fprintf(stderr, "libvmm: %s: %s\n", domain, message);
 }
 
+static vmm_machine *the_machine;
+
 static int fail(const char *what)
 {
     fprintf(stderr, "boot-guest: %s: %s (errno %d)\n", what, vmm_get_error(), vmm_get_errno());
+    vmm_machine_free(the_machine); /* so leak checkers see a clean exit */
     return 1;
 }
 
@@ -53,7 +56,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    vmm_machine *m = vmm_machine_new(machine);
+    vmm_machine *m = the_machine = vmm_machine_new(machine);
     if (!m)
         return fail("new");
     if (vmm_machine_set(m, "kernel", argv[1]) < 0 || vmm_machine_set(m, "cpus", argv[2]) < 0 ||
