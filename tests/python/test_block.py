@@ -54,3 +54,32 @@ def test_backing_chain_and_errors(tmp_path):
         libvmm.Block(str(tmp_path / "missing.qcow2"))
     assert "missing.qcow2" in e.value.message
     assert os.path.exists(top)
+
+
+@pytest.mark.skipif(not shutil.which("nbdinfo") or not shutil.which("nbdcopy"),
+                    reason="libnbd-bin (nbdinfo, nbdcopy) is not installed")
+def test_nbd_server_exports_a_block_to_libnbd(tmp_path):
+    path = str(tmp_path / "a.qcow2")
+    sock = str(tmp_path / "nbd.sock")
+    libvmm.Block.create(path, "qcow2", 4 << 20)
+    with libvmm.Block(path, writable=True) as b:
+        b.write(65536, b"\xa5" * 4096)
+        b.flush()
+        with libvmm.NbdServer(max_clients=2) as srv:
+            srv.add_export(b, "disk", "a test export")
+            srv.listen_unix(sock)
+            srv.start()
+            uri = "nbd+unix:///disk?socket=" + sock
+            info = subprocess.run(["nbdinfo", "--size", uri], capture_output=True, text=True,
+                                  timeout=60)
+            assert info.returncode == 0, info.stderr
+            assert int(info.stdout) == 4 << 20
+            out = tmp_path / "copy.raw"
+            cp = subprocess.run(["nbdcopy", uri, str(out)], capture_output=True, timeout=60)
+            assert cp.returncode == 0, cp.stderr
+            data = out.read_bytes()
+            assert data[65536:65536 + 4096] == b"\xa5" * 4096
+            assert data[:65536] == bytes(65536)
+            srv.stop()
+    with pytest.raises(libvmm.Error):
+        libvmm.NbdServer().listen_unix("/nonexistent-dir/x.sock")

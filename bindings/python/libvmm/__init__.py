@@ -21,7 +21,7 @@ from ._ffi import ffi, lib, NOT_WRAPPED  # noqa: F401  (lib: the raw C API)
 from .qmp import QMPClient, QMPError  # noqa: F401
 
 __all__ = ["Error", "NotFoundError", "StateError", "InvalidArgumentError", "NotSupportedError",
-           "TimeoutError", "QMPError", "Machine", "Block", "Event", "QMPClient", "version",
+           "TimeoutError", "QMPError", "Machine", "Block", "NbdServer", "Event", "QMPClient", "version",
            "list_types", "list_properties", "parse_size", "set_log_callback", "lib", "ffi"]
 
 
@@ -662,3 +662,64 @@ class Block:
         _check(lib.vmm_block_rebase(self.handle, backing.encode() if backing else ffi.NULL,
                                     backing_format.encode() if backing_format else ffi.NULL,
                                     1 if unsafe else 0, cb, ffi.NULL))
+
+
+class NbdServer:
+    """An NBD server exporting Block images (qemu-nbd's role), on its own
+    threads: add exports, listen, start; stop or close when done.  Exported
+    Blocks must stay open while the server runs."""
+
+    ONESHOT = 1
+    WRITABLE = 1
+    DISCARD = 2
+    DETECT_ZEROES = 4
+
+    def __init__(self, *, oneshot=False, max_clients=1):
+        srv = lib.vmm_nbd_server_new(self.ONESHOT if oneshot else 0)
+        _check(srv)
+        self._srv = srv
+        self._exports = []  # keep the Blocks alive while they are served
+        _check(lib.vmm_nbd_server_set_max_clients(srv, max_clients))
+
+    def add_export(self, block, name="", description=None, *, writable=False, discard=False,
+                   detect_zeroes=False):
+        flags = ((self.WRITABLE if writable else 0) | (self.DISCARD if discard else 0) |
+                 (self.DETECT_ZEROES if detect_zeroes else 0))
+        _check(lib.vmm_nbd_server_add_export(self._srv, block.handle, name.encode(),
+                                             description.encode() if description else ffi.NULL,
+                                             flags))
+        self._exports.append(block)
+
+    def listen_unix(self, path):
+        _check(lib.vmm_nbd_server_listen_unix(self._srv, path.encode()))
+
+    def listen_tcp(self, host="127.0.0.1", port="10809"):
+        _check(lib.vmm_nbd_server_listen_tcp(self._srv, host.encode(), str(port).encode()))
+
+    def start(self):
+        _check(lib.vmm_nbd_server_start(self._srv))
+
+    def wait(self):
+        _check(lib.vmm_nbd_server_wait(self._srv))
+
+    def stop(self):
+        _check(lib.vmm_nbd_server_stop(self._srv))
+
+    def close(self):
+        srv, self._srv = getattr(self, "_srv", ffi.NULL), ffi.NULL
+        if srv != ffi.NULL:
+            lib.vmm_nbd_server_free(srv)
+        self._exports = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -203,6 +203,19 @@ char *vmm_control_execute(vmm_machine *m, const char *json);
 
 /* libc, for strings the library hands over */
 void free(void *ptr);
+
+/* nbd.h */
+typedef struct vmm_nbd_server vmm_nbd_server;
+vmm_nbd_server *vmm_nbd_server_new(unsigned flags);
+int vmm_nbd_server_set_max_clients(vmm_nbd_server *srv, unsigned max_clients);
+int vmm_nbd_server_add_export(vmm_nbd_server *srv, vmm_block *blk, const char *name,
+                              const char *description, unsigned flags);
+int vmm_nbd_server_listen_unix(vmm_nbd_server *srv, const char *path);
+int vmm_nbd_server_listen_tcp(vmm_nbd_server *srv, const char *host, const char *port);
+int vmm_nbd_server_start(vmm_nbd_server *srv);
+int vmm_nbd_server_wait(vmm_nbd_server *srv);
+int vmm_nbd_server_stop(vmm_nbd_server *srv);
+void vmm_nbd_server_free(vmm_nbd_server *srv);
 """
 
 # Exported functions deliberately not wrapped by the high-level classes,
