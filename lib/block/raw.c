@@ -214,6 +214,9 @@ const struct block_driver block_driver_raw = {
     .create = raw_create,
     .preadv = raw_preadv,
     .pwritev = raw_pwritev,
+    /* FUA goes down to the protocol node with the write (an NBD server sees
+     * it); the core emulates it with a flush where the child cannot. */
+    .write_flags = BLOCK_REQ_FUA,
     .flush = raw_flush,
     .pdiscard = raw_pdiscard,
     .pwrite_zeroes = raw_pwrite_zeroes,

@@ -174,3 +174,26 @@ def test_multi_conn_and_round_trip(tmp_path):
         a = tmp_path / "a.raw"
         vmm("convert", "-f", "raw", "-O", "raw", "-m", "16", srv.uri(), a)
         assert read_all(a) == read_all(img)
+
+
+def test_fua_reaches_the_server_through_a_raw_node(tmp_path):
+    """A FUA write on a raw image over NBD is sent with NBD_CMD_FLAG_FUA (the
+    raw node passes it down instead of turning it into a flush)."""
+    import ctypes
+    log = tmp_path / "nbdkit.log"
+    sock = tmp_path / "f.sock"
+    lib = ctypes.CDLL(os.path.join(os.environ.get("VMM_BUILD_DIR", "build"), "lib", "libvmm.so.0"))
+    lib.vmm_block_open.restype = ctypes.c_void_p
+    lib.vmm_block_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
+    lib.vmm_block_write.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p,
+                                    ctypes.c_size_t, ctypes.c_uint]
+    lib.vmm_block_close.argtypes = [ctypes.c_void_p]
+    with nbdkit(str(sock), "memory", "1M", "logfile=%s" % log, extra=("--filter=log",)):
+        h = lib.vmm_block_open(("nbd+unix:///?socket=%s" % sock).encode(), b"raw", 1)
+        assert h
+        assert lib.vmm_block_write(h, 0, b"f" * 4096, 4096, 1) == 0       # VMM_BLOCK_REQ_FUA
+        assert lib.vmm_block_write(h, 4096, b"n" * 4096, 4096, 0) == 0
+        lib.vmm_block_close(h)
+    writes = [line for line in log.read_text().splitlines() if " Write id=" in line and "offset=" in line]
+    assert any("offset=0x0 " in w and "fua=1" in w for w in writes), writes
+    assert any("offset=0x1000 " in w and "fua=0" in w for w in writes), writes
