@@ -260,6 +260,13 @@ LIBVMM_EXPORT int vmm_block_discard(vmm_block *blk, uint64_t offset, uint64_t le
     return block_node_pdiscard(blk->root, offset, len) < 0 ? fail("vmm_block_discard", blk) : 0;
 }
 
+LIBVMM_EXPORT int vmm_block_cache(vmm_block *blk, uint64_t offset, uint64_t len)
+{
+    if (check_range("vmm_block_cache", blk, offset, len) < 0)
+        return -1;
+    return block_node_cache(blk->root, offset, len) < 0 ? fail("vmm_block_cache", blk) : 0;
+}
+
 LIBVMM_EXPORT int vmm_block_write_zeroes(vmm_block *blk, uint64_t offset, uint64_t len, unsigned flags)
 {
     if (check_range("vmm_block_write_zeroes", blk, offset, len) < 0)

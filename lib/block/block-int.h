@@ -180,6 +180,9 @@ struct block_driver {
     /* Request flags the driver honours itself (BLOCK_REQ_FUA: nbd sends
      * it to the server); the core emulates the others (FUA: a flush). */
     unsigned write_flags;
+    /* Prefetch a range into the server's or device's cache (NBD_CMD_CACHE).
+     * Advisory and optional: drivers without it ignore the hint. */
+    int (*cache)(struct block_node *bs, uint64_t offset, uint64_t bytes);
 };
 
 /* ---- what drivers call: synchronous, thread-safe I/O on a child node ---- */
@@ -192,6 +195,8 @@ int block_node_pwritev(struct block_node *bs, uint64_t offset, uint64_t bytes,
                        const struct iovec *iov, int iovcnt, unsigned flags);
 int block_node_flush(struct block_node *bs);
 int block_node_pdiscard(struct block_node *bs, uint64_t offset, uint64_t bytes);
+/* Advisory prefetch; 0 where the node has no cache to fill. */
+int block_node_cache(struct block_node *bs, uint64_t offset, uint64_t bytes);
 int block_node_pwrite_zeroes(struct block_node *bs, uint64_t offset, uint64_t bytes, unsigned flags);
 int block_node_truncate(struct block_node *bs, uint64_t size, bool allow_shrink,
                         enum block_prealloc prealloc);

@@ -468,6 +468,14 @@ int block_node_pdiscard(struct block_node *bs, uint64_t offset, uint64_t bytes)
     return ret == -ENOTSUP ? 0 : ret; /* discard is advisory */
 }
 
+int block_node_cache(struct block_node *bs, uint64_t offset, uint64_t bytes)
+{
+    if (!bytes || !bs->drv->cache)
+        return 0;
+    int ret = bs->drv->cache(bs, offset, bytes);
+    return ret == -ENOTSUP ? 0 : ret; /* a prefetch is only a hint */
+}
+
 /* Write zeroes by writing a zeroed buffer, for drivers without a faster way. */
 static int write_zero_buffers(struct block_node *bs, uint64_t offset, uint64_t bytes)
 {

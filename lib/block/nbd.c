@@ -463,6 +463,24 @@ static int nbd_pdiscard(struct block_node *bs, uint64_t offset, uint64_t bytes)
     return end > start ? ranged(bs, NBD_CMD_TRIM, 0, start, end - start) : 0;
 }
 
+/* Largest prefetch request: well inside any server's payload limit. */
+#define NBD_MAX_CACHE_CHUNK (32u << 20)
+
+static int nbd_cache(struct block_node *bs, uint64_t offset, uint64_t bytes)
+{
+    struct nbd_state *s = bs->opaque;
+    if (!(s->info.flags & NBD_FLAG_SEND_CACHE))
+        return -ENOTSUP;
+    int ret = 0;
+    while (bytes && ret >= 0) {
+        uint64_t n = bytes < NBD_MAX_CACHE_CHUNK ? bytes : NBD_MAX_CACHE_CHUNK;
+        ret = request(bs, NBD_CMD_CACHE, 0, offset, (uint32_t)n, NULL, 0, NULL);
+        offset += n;
+        bytes -= n;
+    }
+    return ret;
+}
+
 static int nbd_pwrite_zeroes(struct block_node *bs, uint64_t offset, uint64_t bytes, unsigned flags)
 {
     struct nbd_state *s = bs->opaque;
@@ -642,6 +660,7 @@ const struct block_driver block_driver_nbd = {
     .open_props = nbd_open_props,
     .filename_optional = true,
     .write_flags = BLOCK_REQ_FUA,
+    .cache = nbd_cache,
     .open = nbd_open,
     .close = nbd_close,
     .preadv = nbd_preadv,

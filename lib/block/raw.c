@@ -127,6 +127,12 @@ static int raw_pdiscard(struct block_node *bs, uint64_t offset, uint64_t bytes)
     return block_node_pdiscard(bs->file, s->offset + offset, bytes);
 }
 
+static int raw_cache(struct block_node *bs, uint64_t offset, uint64_t bytes)
+{
+    struct raw_state *s = bs->opaque;
+    return block_node_cache(bs->file, s->offset + offset, bytes);
+}
+
 static int raw_pwrite_zeroes(struct block_node *bs, uint64_t offset, uint64_t bytes, unsigned flags)
 {
     struct raw_state *s = bs->opaque;
@@ -217,6 +223,7 @@ const struct block_driver block_driver_raw = {
     /* FUA goes down to the protocol node with the write (an NBD server sees
      * it); the core emulates it with a flush where the child cannot. */
     .write_flags = BLOCK_REQ_FUA,
+    .cache = raw_cache,
     .flush = raw_flush,
     .pdiscard = raw_pdiscard,
     .pwrite_zeroes = raw_pwrite_zeroes,

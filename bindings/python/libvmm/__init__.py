@@ -579,6 +579,10 @@ class Block:
     def discard(self, offset, length):
         _check(lib.vmm_block_discard(self.handle, offset, length))
 
+    def cache(self, offset, length):
+        """Prefetch a range (NBD_CMD_CACHE on an NBD export; a hint)."""
+        _check(lib.vmm_block_cache(self.handle, offset, length))
+
     def write_zeroes(self, offset, length, may_unmap=False):
         _check(lib.vmm_block_write_zeroes(self.handle, offset, length,
                                           REQ_MAY_UNMAP if may_unmap else 0))

@@ -86,6 +86,7 @@ const char *vmm_block_format(vmm_block *blk);
 int vmm_block_read(vmm_block *blk, uint64_t offset, void *buf, size_t len);
 int vmm_block_write(vmm_block *blk, uint64_t offset, const void *buf, size_t len, unsigned flags);
 int vmm_block_flush(vmm_block *blk);
+int vmm_block_cache(vmm_block *blk, uint64_t offset, uint64_t len);
 int vmm_block_discard(vmm_block *blk, uint64_t offset, uint64_t len);
 int vmm_block_write_zeroes(vmm_block *blk, uint64_t offset, uint64_t len, unsigned flags);
 struct vmm_block_extent {

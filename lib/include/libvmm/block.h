@@ -73,6 +73,9 @@ LIBVMM_EXPORT int vmm_block_write(vmm_block *blk, uint64_t offset, const void *b
                                   unsigned flags);
 LIBVMM_EXPORT int vmm_block_flush(vmm_block *blk);
 LIBVMM_EXPORT int vmm_block_discard(vmm_block *blk, uint64_t offset, uint64_t len);
+/* Ask the image to prefetch [offset, offset+len) into its cache (an NBD
+ * server's NBD_CMD_CACHE).  A hint: images with no such cache return 0. */
+LIBVMM_EXPORT int vmm_block_cache(vmm_block *blk, uint64_t offset, uint64_t len);
 LIBVMM_EXPORT int vmm_block_write_zeroes(vmm_block *blk, uint64_t offset, uint64_t len,
                                          unsigned flags);
 
