@@ -439,16 +439,23 @@ static int fua_fallback(struct block_node *bs, unsigned flags, int ret)
 /* Largest trim / write-zeroes request: 1 GiB, a multiple of any block size. */
 #define NBD_MAX_ZERO_CHUNK (1ull << 30)
 
-static int ranged(struct block_node *bs, uint16_t type, uint16_t flags, uint64_t offset, uint64_t bytes)
+/* Send a payload-less command over [offset, offset+bytes) in chunks. */
+static int ranged_chunks(struct block_node *bs, uint16_t type, uint16_t flags, uint64_t offset,
+                         uint64_t bytes, uint64_t chunk)
 {
     int ret = 0;
     while (bytes && ret >= 0) {
-        uint64_t n = bytes < NBD_MAX_ZERO_CHUNK ? bytes : NBD_MAX_ZERO_CHUNK;
+        uint64_t n = bytes < chunk ? bytes : chunk;
         ret = request(bs, type, flags, offset, (uint32_t)n, NULL, 0, NULL);
         offset += n;
         bytes -= n;
     }
     return ret;
+}
+
+static int ranged(struct block_node *bs, uint16_t type, uint16_t flags, uint64_t offset, uint64_t bytes)
+{
+    return ranged_chunks(bs, type, flags, offset, bytes, NBD_MAX_ZERO_CHUNK);
 }
 
 static int nbd_pdiscard(struct block_node *bs, uint64_t offset, uint64_t bytes)
@@ -471,14 +478,7 @@ static int nbd_cache(struct block_node *bs, uint64_t offset, uint64_t bytes)
     struct nbd_state *s = bs->opaque;
     if (!(s->info.flags & NBD_FLAG_SEND_CACHE))
         return -ENOTSUP;
-    int ret = 0;
-    while (bytes && ret >= 0) {
-        uint64_t n = bytes < NBD_MAX_CACHE_CHUNK ? bytes : NBD_MAX_CACHE_CHUNK;
-        ret = request(bs, NBD_CMD_CACHE, 0, offset, (uint32_t)n, NULL, 0, NULL);
-        offset += n;
-        bytes -= n;
-    }
-    return ret;
+    return ranged_chunks(bs, NBD_CMD_CACHE, 0, offset, bytes, NBD_MAX_CACHE_CHUNK);
 }
 
 static int nbd_pwrite_zeroes(struct block_node *bs, uint64_t offset, uint64_t bytes, unsigned flags)

@@ -168,6 +168,24 @@ _STATES = {0: "created", 1: "running", 2: "paused", 3: "ended"}
 _EXIT_REASONS = {0: None, 1: "poweroff", 2: "reset", 3: "test", 4: "error", 5: "stopped"}
 
 
+class _Resource:
+    """A libvmm handle: `with` closes it, and so does garbage collection
+    (subclasses define close(), which must be safe to call twice)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
 class Device:
     """A device added to a machine (before start)."""
 
@@ -186,7 +204,7 @@ class Device:
         return "<libvmm.Device %s id=%r>" % (self.type, self.id)
 
 
-class Machine:
+class Machine(_Resource):
     """A virtual machine.  Properties are keyword arguments (cpu_model= for
     "cpu-model"); `devices` a list of "type,key=value" strings.  `on_serial`
     gets each chunk of console output (bytes); `on_event` each Event.  Use it
@@ -222,19 +240,6 @@ class Machine:
         m, self._m = self._m, ffi.NULL
         if m != ffi.NULL:
             lib.vmm_machine_free(m)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     @property
     def handle(self):
@@ -471,7 +476,7 @@ Snapshot = collections.namedtuple("Snapshot", "id name vm_state_size date_sec da
 Extent = collections.namedtuple("Extent", "start length flags depth offset filename")
 
 
-class Block:
+class Block(_Resource):
     """An open disk image (raw, qcow2) and its backing chain."""
 
     def __init__(self, filename_or_options, format=None, *, writable=False, flags=0,
@@ -519,19 +524,6 @@ class Block:
         blk, self._blk = getattr(self, "_blk", ffi.NULL), ffi.NULL
         if blk != ffi.NULL and self._owner is None:
             _check(lib.vmm_block_close(blk))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     @property
     def handle(self):
@@ -668,7 +660,7 @@ class Block:
                                     1 if unsafe else 0, cb, ffi.NULL))
 
 
-class NbdServer:
+class NbdServer(_Resource):
     """An NBD server exporting Block images (qemu-nbd's role), on its own
     threads: add exports, listen, start; stop or close when done.  Exported
     Blocks must stay open while the server runs."""
@@ -715,15 +707,3 @@ class NbdServer:
             lib.vmm_nbd_server_free(srv)
         self._exports = []
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
