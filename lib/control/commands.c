@@ -596,7 +596,9 @@ static JsonNode *cmd_blockdev_add(struct control *ctl, JsonObject *args, struct 
     n->filename = g_strdup(filename ? filename : "");
     n->read_only = read_only;
     n->blk = blk;
+    g_mutex_lock(&ctl->lock);
     ctl->nodes = g_list_append(ctl->nodes, n);
+    g_mutex_unlock(&ctl->lock);
     return empty_return();
 }
 
@@ -608,7 +610,9 @@ static JsonNode *cmd_blockdev_del(struct control *ctl, JsonObject *args, struct 
         qmp_error(r, "GenericError", "Failed to find node with node-name='%s'", name);
         return NULL;
     }
+    g_mutex_lock(&ctl->lock);
     ctl->nodes = g_list_remove(ctl->nodes, n);
+    g_mutex_unlock(&ctl->lock);
     node_free(n);
     return empty_return();
 }

@@ -499,6 +499,28 @@ static struct control *control_get(vmm_machine *m)
     return ctl;
 }
 
+LIBVMM_EXPORT int vmm_machine_list_block_nodes(vmm_machine *m, vmm_block_node_fn fn, void *user_data)
+{
+    vmm_clear_error();
+    if (!m || !fn)
+        return vmm_set_error(EINVAL, "vmm_machine_list_block_nodes: machine and callback are required");
+    struct control *ctl = m->control;
+    if (!ctl)
+        return 0; /* no node was ever added */
+    g_mutex_lock(&ctl->lock);
+    for (GList *l = ctl->nodes; l; l = l->next) {
+        const struct block_node *n = l->data;
+        struct vmm_block_node_info info = {
+            .size = sizeof(info), .name = n->name, .driver = n->driver,
+            .filename = n->filename, .read_only = n->read_only, .block = n->blk,
+        };
+        if (fn(user_data, &info))
+            break;
+    }
+    g_mutex_unlock(&ctl->lock);
+    return 0;
+}
+
 /* "unix:PATH[,server][,nowait][,server=on][,wait=off]" or a plain path. */
 static char *parse_address(const char *address)
 {

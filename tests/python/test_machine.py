@@ -234,3 +234,24 @@ def test_events_from_many_threads_stay_ordered():
 
 def test_socket_module_is_not_needed_for_qmp_errors():
     assert socket  # the QMP client uses plain Unix sockets
+
+
+def test_block_nodes_query_follows_blockdev_add_and_del(tmp_path):
+    img, img2 = str(tmp_path / "d.qcow2"), str(tmp_path / "e.qcow2")
+    libvmm.Block.create(img, "qcow2", 1 << 20)
+    libvmm.Block.create(img2, "qcow2", 1 << 20)
+    m = libvmm.Machine("microvm")
+    try:
+        assert m.block_nodes() == []
+        m.qmp("blockdev-add", **{"node-name": "disk0", "driver": "qcow2",
+                                 "file": {"driver": "file", "filename": img}})
+        m.qmp("blockdev-add", **{"node-name": "disk1", "driver": "qcow2", "read-only": True,
+                                 "file": {"driver": "file", "filename": img2}})
+        nodes = m.block_nodes()
+        assert [(n.name, n.driver, n.read_only) for n in nodes] == [
+            ("disk0", "qcow2", False), ("disk1", "qcow2", True)]
+        assert nodes[0].filename == img
+        m.qmp("blockdev-del", **{"node-name": "disk0"})
+        assert [n.name for n in m.block_nodes()] == ["disk1"]
+    finally:
+        m.close()

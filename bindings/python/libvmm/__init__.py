@@ -163,6 +163,7 @@ Event.__doc__ = "One machine event; name is QMP's (STOP, RESUME, SHUTDOWN, RESET
 
 VcpuInfo = collections.namedtuple("VcpuInfo", "index thread_id")
 DeviceInfo = collections.namedtuple("DeviceInfo", "id type properties platform realized")
+BlockNodeInfo = collections.namedtuple("BlockNodeInfo", "name driver filename read_only")
 
 _STATES = {0: "created", 1: "running", 2: "paused", 3: "ended"}
 _EXIT_REASONS = {0: None, 1: "poweroff", 2: "reset", 3: "test", 4: "error", 5: "stopped"}
@@ -324,6 +325,18 @@ class Machine(_Resource):
                                   bool(info.platform), bool(info.realized)))
             return 0
         _check(lib.vmm_machine_list_devices(self.handle, collect, ffi.NULL))
+        return out
+
+    def block_nodes(self):
+        """The machine's block nodes (QMP blockdev-add), as BlockNodeInfo."""
+        out = []
+
+        @ffi.callback("int(void *, const struct vmm_block_node_info *)")
+        def collect(_data, info):
+            out.append(BlockNodeInfo(_text(info.name), _text(info.driver), _text(info.filename),
+                                     bool(info.read_only)))
+            return 0
+        _check(lib.vmm_machine_list_block_nodes(self.handle, collect, ffi.NULL))
         return out
 
     # -- running

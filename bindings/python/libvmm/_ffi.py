@@ -195,6 +195,16 @@ struct vmm_device_info {
 };
 typedef int (*vmm_device_fn)(void *user_data, const struct vmm_device_info *info);
 int vmm_machine_list_devices(vmm_machine *m, vmm_device_fn fn, void *user_data);
+struct vmm_block_node_info {
+    size_t size;
+    const char *name;
+    const char *driver;
+    const char *filename;
+    int read_only;
+    vmm_block *block;
+};
+typedef int (*vmm_block_node_fn)(void *user_data, const struct vmm_block_node_info *info);
+int vmm_machine_list_block_nodes(vmm_machine *m, vmm_block_node_fn fn, void *user_data);
 int vmm_machine_remove_device(vmm_machine *m, const char *id);
 int vmm_machine_set_log_callback(vmm_machine *m, vmm_log_fn fn, void *user_data,
                                  vmm_free_fn free_fn, int max_level);

@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "machine.h"
+#include "block.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -77,6 +78,24 @@ typedef int (*vmm_device_fn)(void *user_data, const struct vmm_device_info *info
 /* Walk the devices in creation order: the machine type's, then the
  * embedder's. */
 LIBVMM_EXPORT int vmm_machine_list_devices(vmm_machine *m, vmm_device_fn fn, void *user_data);
+
+/* One block node of the machine (added with QMP blockdev-add). */
+struct vmm_block_node_info {
+    size_t size;                   /* sizeof(struct vmm_block_node_info) */
+    const char *name;              /* node-name */
+    const char *driver;            /* format: "raw", "qcow2" */
+    const char *filename;
+    int read_only;
+    vmm_block *block;              /* the open image; owned by the machine */
+};
+
+/* Called once per node; return non-zero to stop the walk.  It runs with the
+ * node list locked: it must not add or remove nodes. */
+typedef int (*vmm_block_node_fn)(void *user_data, const struct vmm_block_node_info *info);
+
+/* Walk the machine's block nodes in the order they were added. */
+LIBVMM_EXPORT int vmm_machine_list_block_nodes(vmm_machine *m, vmm_block_node_fn fn,
+                                               void *user_data);
 
 /* Remove the device with `id` (added with vmm_machine_add_device) and emit
  * DEVICE_DELETED.  Only before start: on a started machine it fails with
