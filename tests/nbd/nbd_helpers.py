@@ -52,13 +52,22 @@ def wait_socket(path, proc, timeout=10):
 class Server:
     """A server process on a Unix socket, stopped on exit."""
 
-    def __init__(self, argv, sock, probe=True):
+    def __init__(self, argv, sock, probe=True, ready_file=None):
         self.sock = str(sock)
         if os.path.exists(self.sock):
             os.unlink(self.sock)
         self.proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
-        if probe:
+        if ready_file:
+            # The server says it listens (a probe connection would take a
+            # client slot the test may need).
+            end = time.time() + 10
+            while not os.path.exists(ready_file) and time.time() < end:
+                if self.proc.poll() is not None:
+                    raise AssertionError("server exited early: %s" % self.proc.stderr.read())
+                time.sleep(0.02)
+            assert os.path.exists(ready_file), "server never wrote %s" % ready_file
+        elif probe:
             wait_socket(self.sock, self.proc)
         else:
             end = time.time() + 10
@@ -97,8 +106,12 @@ def nbdkit(sock, *plugin_args, extra=()):
 
 
 def vmm_serve(sock, image, *extra):
-    # -t: persistent (the probe connection would end a oneshot server)
-    return Server([VMM_IMG, "serve", "-t", "-k", sock, *extra, image], sock)
+    # -t: persistent; readiness from --pid-file, written once it listens
+    pid_file = str(sock) + ".pid"
+    if os.path.exists(pid_file):
+        os.unlink(pid_file)
+    return Server([VMM_IMG, "serve", "-t", "-k", sock, "--pid-file", pid_file, *extra, image], sock,
+                  ready_file=pid_file)
 
 
 def map_json(tool, target, *extra):
