@@ -107,6 +107,7 @@ LIBVMM_EXPORT vmm_machine *vmm_machine_new(const char *type)
     m->mem.fd = -1;
     pthread_mutex_init(&m->lock, NULL);
     pthread_mutex_init(&m->event_lock, NULL);
+    pthread_mutex_init(&m->transition_lock, NULL);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -400,13 +401,17 @@ static gboolean do_guest_reset(gpointer opaque)
 {
     vmm_machine *m = opaque;
     atomic_store(&m->reset_pending, false);
-    if (!park_vcpus(m))
-        return G_SOURCE_REMOVE;
-    if (reset_platform(m) < 0)
+    pthread_mutex_lock(&m->transition_lock);
+    bool parked = park_vcpus(m);
+    int ret = parked ? reset_platform(m) : 0;
+    /* A pause that came in between keeps the machine paused. */
+    if (parked && vmm_machine_get_state(m) != VMM_STATE_PAUSED)
+        unpark_vcpus(m);
+    pthread_mutex_unlock(&m->transition_lock);
+    if (ret < 0)
         machine_end(m, VMM_EXIT_ERROR, 0, "reset failed: %s", vmm_get_error());
-    else
+    else if (parked)
         machine_emit(m, VMM_EVENT_RESET, 1, "guest-reset", NULL, NULL);
-    unpark_vcpus(m);
     return G_SOURCE_REMOVE;
 }
 
@@ -564,13 +569,17 @@ LIBVMM_EXPORT int vmm_machine_pause(vmm_machine *m)
     vmm_clear_error();
     if (check_state(m, "vmm_machine_pause", IN(VMM_STATE_RUNNING) | IN(VMM_STATE_PAUSED)) < 0)
         return -1;
-    if (!park_vcpus(m))
+    pthread_mutex_lock(&m->transition_lock);
+    if (!park_vcpus(m)) {
+        pthread_mutex_unlock(&m->transition_lock);
         return vmm_set_error(ESRCH, "vmm_machine_pause: the machine ended");
+    }
     pthread_mutex_lock(&m->lock);
     bool paused_now = m->state == VMM_STATE_RUNNING;
     if (paused_now)
         m->state = VMM_STATE_PAUSED;
     pthread_mutex_unlock(&m->lock);
+    pthread_mutex_unlock(&m->transition_lock);
     if (paused_now)
         machine_emit(m, VMM_EVENT_STOP, 0, NULL, NULL, NULL);
     return 0;
@@ -581,12 +590,14 @@ LIBVMM_EXPORT int vmm_machine_resume(vmm_machine *m)
     vmm_clear_error();
     if (check_state(m, "vmm_machine_resume", IN(VMM_STATE_PAUSED) | IN(VMM_STATE_RUNNING)) < 0)
         return -1;
+    pthread_mutex_lock(&m->transition_lock);
     pthread_mutex_lock(&m->lock);
     bool resumed_now = m->state == VMM_STATE_PAUSED;
     if (resumed_now)
         m->state = VMM_STATE_RUNNING;
     pthread_mutex_unlock(&m->lock);
     unpark_vcpus(m);
+    pthread_mutex_unlock(&m->transition_lock);
     if (resumed_now)
         machine_emit(m, VMM_EVENT_RESUME, 0, NULL, NULL, NULL);
     return 0;
@@ -597,17 +608,19 @@ LIBVMM_EXPORT int vmm_machine_reset(vmm_machine *m)
     vmm_clear_error();
     if (check_state(m, "vmm_machine_reset", IN(VMM_STATE_RUNNING) | IN(VMM_STATE_PAUSED)) < 0)
         return -1;
-    bool was_paused = vmm_machine_get_state(m) == VMM_STATE_PAUSED;
-    if (!park_vcpus(m))
+    pthread_mutex_lock(&m->transition_lock);
+    if (!park_vcpus(m)) {
+        pthread_mutex_unlock(&m->transition_lock);
         return vmm_set_error(ESRCH, "vmm_machine_reset: the machine ended");
+    }
     int ret = reset_platform(m);
-    if (ret < 0)
-        vmm_error_prefix("vmm_machine_reset");
-    else
-        machine_emit(m, VMM_EVENT_RESET, 0, "host-qmp-system-reset", NULL, NULL);
-    if (!was_paused)
+    if (vmm_machine_get_state(m) != VMM_STATE_PAUSED)
         unpark_vcpus(m);
-    return ret;
+    pthread_mutex_unlock(&m->transition_lock);
+    if (ret < 0)
+        return vmm_error_prefix("vmm_machine_reset");
+    machine_emit(m, VMM_EVENT_RESET, 0, "host-qmp-system-reset", NULL, NULL);
+    return 0;
 }
 
 LIBVMM_EXPORT int vmm_machine_request_poweroff(vmm_machine *m)
@@ -758,6 +771,7 @@ LIBVMM_EXPORT void vmm_machine_free(vmm_machine *m)
     machine_release_extras(m);
     vmm_props_release(machine_props, &m->cfg);
     pthread_mutex_destroy(&m->event_lock);
+    pthread_mutex_destroy(&m->transition_lock);
     pthread_cond_destroy(&m->cond);
     pthread_mutex_destroy(&m->lock);
     free(m);

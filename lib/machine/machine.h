@@ -51,6 +51,7 @@ struct vmm_machine {
     struct machine_config cfg;
 
     pthread_mutex_t lock;          /* state, exit reason, pause handshake */
+    pthread_mutex_t transition_lock; /* one pause/resume/reset at a time */
     pthread_cond_t cond;
     enum vmm_machine_state state;
     enum vmm_exit_reason exit_reason;

@@ -289,6 +289,25 @@ static void test_reset_restarts_guest(void **s)
     vmm_machine_free(m);
 }
 
+static void test_reset_while_paused_stays_paused(void **s)
+{
+    (void)s;
+    struct console c;
+    vmm_machine *m = guest_machine("pio-loop", "count=400000", &c);
+    assert_int_equal(vmm_machine_start(m), 0);
+    wait_for_text(&c, "outs to port", 1);
+    assert_int_equal(vmm_machine_pause(m), 0);
+    assert_int_equal(vmm_machine_reset(m), 0);
+    assert_int_equal(vmm_machine_get_state(m), VMM_STATE_PAUSED);
+    assert_error(vmm_machine_wait(m, 300), ETIMEDOUT, "still running");
+    assert_int_equal(console_count(&c, "outs to port"), 1); /* nothing ran */
+    assert_int_equal(vmm_machine_resume(m), 0);
+    assert_int_equal(vmm_machine_wait(m, 120000), 0);
+    assert_int_equal(console_count(&c, "outs to port"), 2);
+    assert_int_equal(vmm_machine_exit_code(m), 33);
+    vmm_machine_free(m);
+}
+
 static void test_stop_and_free_running(void **s)
 {
     (void)s;
@@ -396,6 +415,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_two_machines_at_once),
         cmocka_unit_test(test_pause_resume),
         cmocka_unit_test(test_reset_restarts_guest),
+        cmocka_unit_test(test_reset_while_paused_stays_paused),
         cmocka_unit_test(test_stop_and_free_running),
         cmocka_unit_test(test_poweroff_without_acpi_guest),
         cmocka_unit_test(test_events_in_order),
