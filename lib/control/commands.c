@@ -128,7 +128,8 @@ static JsonNode *cmd_query_status(struct control *ctl, JsonObject *args, struct 
     return object_node(o);
 }
 
-static JsonObject *version_object(void)
+/* The "version" object QEMU reports (query-version, the greeting); libvmm's own version. */
+JsonObject *qmp_version_object(void)
 {
     unsigned major = 0, minor = 0, micro = 0;
     sscanf(vmm_version(), "%u.%u.%u", &major, &minor, &micro);
@@ -149,7 +150,7 @@ static JsonNode *cmd_query_version(struct control *ctl, JsonObject *args, struct
     (void)ctl;
     (void)args;
     (void)r;
-    return object_node(version_object());
+    return object_node(qmp_version_object());
 }
 
 static JsonNode *cmd_query_name(struct control *ctl, JsonObject *args, struct qmp_result *r)
@@ -252,14 +253,20 @@ static JsonNode *cmd_query_named_block_nodes(struct control *ctl, JsonObject *ar
 
 /* ---- run control ------------------------------------------------------------ */
 
-static JsonNode *cmd_stop(struct control *ctl, JsonObject *args, struct qmp_result *r)
+/* The reply of a command that only runs one machine action: empty, or the API's error. */
+static JsonNode *action_reply(int ret, struct qmp_result *r)
 {
-    (void)args;
-    if (vmm_machine_pause(ctl->m) < 0) {
+    if (ret < 0) {
         api_error(r);
         return NULL;
     }
     return empty_return();
+}
+
+static JsonNode *cmd_stop(struct control *ctl, JsonObject *args, struct qmp_result *r)
+{
+    (void)args;
+    return action_reply(vmm_machine_pause(ctl->m), r);
 }
 
 /* cont starts a machine still in "prelaunch" (as QEMU's -S). */
@@ -269,31 +276,19 @@ static JsonNode *cmd_cont(struct control *ctl, JsonObject *args, struct qmp_resu
     vmm_machine *m = ctl->m;
     int ret = vmm_machine_get_state(m) == VMM_STATE_CREATED ? vmm_machine_start(m)
                                                             : vmm_machine_resume(m);
-    if (ret < 0) {
-        api_error(r);
-        return NULL;
-    }
-    return empty_return();
+    return action_reply(ret, r);
 }
 
 static JsonNode *cmd_system_reset(struct control *ctl, JsonObject *args, struct qmp_result *r)
 {
     (void)args;
-    if (vmm_machine_reset(ctl->m) < 0) {
-        api_error(r);
-        return NULL;
-    }
-    return empty_return();
+    return action_reply(vmm_machine_reset(ctl->m), r);
 }
 
 static JsonNode *cmd_system_powerdown(struct control *ctl, JsonObject *args, struct qmp_result *r)
 {
     (void)args;
-    if (vmm_machine_request_poweroff(ctl->m) < 0) {
-        api_error(r);
-        return NULL;
-    }
-    return empty_return();
+    return action_reply(vmm_machine_request_poweroff(ctl->m), r);
 }
 
 static JsonNode *cmd_quit(struct control *ctl, JsonObject *args, struct qmp_result *r)

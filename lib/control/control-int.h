@@ -42,6 +42,9 @@ struct qmp_result {
 
 void qmp_error(struct qmp_result *r, const char *cls, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
 
+/* The "version" object of query-version and the greeting (a new reference). */
+JsonObject *qmp_version_object(void);
+
 /* Run `cmd` (a parsed JSON node) for a session; returns the reply object. */
 JsonObject *qmp_dispatch(struct control *ctl, JsonNode *cmd, bool *negotiated,
                          bool *quit_after_reply);

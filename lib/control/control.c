@@ -398,17 +398,7 @@ static gboolean client_readable(gint fd, GIOCondition cond, gpointer opaque)
 
 static JsonObject *greeting(void)
 {
-    unsigned major = 0, minor = 0, micro = 0;
-    sscanf(vmm_version(), "%u.%u.%u", &major, &minor, &micro);
-    JsonObject *ver = json_object_new();
-    json_object_set_int_member(ver, "micro", micro);
-    json_object_set_int_member(ver, "minor", minor);
-    json_object_set_int_member(ver, "major", major);
-    JsonObject *version = json_object_new();
-    json_object_set_object_member(version, "qemu", ver);
-    char *package = g_strdup_printf("libvmm %s", vmm_version());
-    json_object_set_string_member(version, "package", package);
-    g_free(package);
+    JsonObject *version = qmp_version_object();
     JsonObject *qmp = json_object_new();
     json_object_set_object_member(qmp, "version", version);
     json_object_set_array_member(qmp, "capabilities", json_array_new());
