@@ -39,9 +39,11 @@ int qcow2_compressed_extent(const struct qcow2_state *s, uint64_t e, uint64_t *h
 
 /* ---- iovec helpers --------------------------------------------------------- */
 
-static void iov_to_buf(const struct iovec *iov, int cnt, uint64_t skip, void *buf, uint64_t len)
+/* Copy `len` bytes between the iovec's data from byte `skip` on and a flat buffer:
+ * out of the iovec (to_iov false) or into it (to_iov true; a NULL buf writes zeroes). */
+static void iov_copy_range(const struct iovec *iov, int cnt, uint64_t skip, uint8_t *buf,
+                           uint64_t len, bool to_iov)
 {
-    uint8_t *d = buf;
     for (int i = 0; i < cnt && len; i++) {
         if (skip >= iov[i].iov_len) {
             skip -= iov[i].iov_len;
@@ -50,33 +52,29 @@ static void iov_to_buf(const struct iovec *iov, int cnt, uint64_t skip, void *bu
         uint64_t n = iov[i].iov_len - skip;
         if (n > len)
             n = len;
-        memcpy(d, (uint8_t *)iov[i].iov_base + skip, n);
-        d += n;
+        uint8_t *seg = (uint8_t *)iov[i].iov_base + skip;
+        if (!to_iov)
+            memcpy(buf, seg, n);
+        else if (buf)
+            memcpy(seg, buf, n);
+        else
+            memset(seg, 0, n);
+        if (buf)
+            buf += n;
         len -= n;
         skip = 0;
     }
 }
 
+static void iov_to_buf(const struct iovec *iov, int cnt, uint64_t skip, void *buf, uint64_t len)
+{
+    iov_copy_range(iov, cnt, skip, buf, len, false);
+}
+
+/* A NULL buf writes zeroes. */
 static void buf_to_iov(const struct iovec *iov, int cnt, uint64_t skip, const void *buf, uint64_t len)
 {
-    const uint8_t *src = buf;
-    for (int i = 0; i < cnt && len; i++) {
-        if (skip >= iov[i].iov_len) {
-            skip -= iov[i].iov_len;
-            continue;
-        }
-        uint64_t n = iov[i].iov_len - skip;
-        if (n > len)
-            n = len;
-        if (src)
-            memcpy((uint8_t *)iov[i].iov_base + skip, src, n);
-        else
-            memset((uint8_t *)iov[i].iov_base + skip, 0, n);
-        if (src)
-            src += n;
-        len -= n;
-        skip = 0;
-    }
+    iov_copy_range(iov, cnt, skip, (uint8_t *)buf, len, true);
 }
 
 /* A view of `len` bytes of an iovec array from `skip`. Caller frees *out. */

@@ -325,7 +325,9 @@ int qcow2_snapshot_list(struct block_node *bs, struct block_snapshot **out, int 
     return r < 0 ? r : 0;
 }
 
-int qcow2_snapshot_goto(struct block_node *bs, const char *id_or_name)
+/* Lock a writable image with no request in flight and find a snapshot in it. Returns
+ * the snapshot's index with s->lock held, or a negative errno with the lock not held. */
+static int lock_and_find_snapshot(struct block_node *bs, const char *id_or_name)
 {
     struct qcow2_state *s = bs->opaque;
     int r = writable_check(bs);
@@ -338,6 +340,15 @@ int qcow2_snapshot_goto(struct block_node *bs, const char *id_or_name)
         pthread_mutex_unlock(&s->lock);
         return QCOW2_ERR(ENOENT, "qcow2: snapshot '%s' not found", id_or_name);
     }
+    return i;
+}
+
+int qcow2_snapshot_goto(struct block_node *bs, const char *id_or_name)
+{
+    struct qcow2_state *s = bs->opaque;
+    int i = lock_and_find_snapshot(bs, id_or_name);
+    if (i < 0)
+        return i;
     struct qcow2_snapshot *sn = &s->snapshots[i];
     uint64_t size = sn->disk_size;
     if (size & 511)
@@ -349,7 +360,7 @@ int qcow2_snapshot_goto(struct block_node *bs, const char *id_or_name)
         pthread_mutex_unlock(&s->lock);
         return QCOW2_ERR(ENOMEM, "qcow2: out of memory");
     }
-    r = sn->bad_l1 ? QCOW2_ERR(EIO, "qcow2: snapshot '%s': %s", sn->name, sn->bad_l1) : 0;
+    int r = sn->bad_l1 ? QCOW2_ERR(EIO, "qcow2: snapshot '%s': %s", sn->name, sn->bad_l1) : 0;
     if (r >= 0 && sn->l1_size)
         r = block_node_pread(bs->file, sn->l1_offset, l1, (uint64_t)sn->l1_size * 8);
     for (uint32_t k = 0; k < sn->l1_size; k++)
@@ -372,18 +383,11 @@ int qcow2_snapshot_goto(struct block_node *bs, const char *id_or_name)
 int qcow2_snapshot_delete(struct block_node *bs, const char *id_or_name)
 {
     struct qcow2_state *s = bs->opaque;
-    int r = writable_check(bs);
-    if (r < 0)
-        return r;
-    pthread_mutex_lock(&s->lock);
-    qcow2_wait_inflight(s, 0, UINT64_MAX);
-    int i = find_snapshot(s, id_or_name);
-    if (i < 0) {
-        pthread_mutex_unlock(&s->lock);
-        return QCOW2_ERR(ENOENT, "qcow2: snapshot '%s' not found", id_or_name);
-    }
+    int i = lock_and_find_snapshot(bs, id_or_name);
+    if (i < 0)
+        return i;
     struct qcow2_snapshot *list;
-    r = qcow2_flush_if_needed(bs);
+    int r = qcow2_flush_if_needed(bs);
     if (r >= 0)
         r = copy_list(s, 0, &list);
     if (r >= 0) {
