@@ -52,6 +52,15 @@ vmm_block *open_image(const char *name, const char *fmt, unsigned flags, bool im
     return blk;
 }
 
+/* Close the image after a command's work (ret: its result); a failed close fails a
+ * command that had succeeded. Returns the process exit status. */
+static int close_image_exit_status(vmm_block *blk, int ret)
+{
+    if (vmm_block_close(blk) < 0 && ret == 0)
+        ret = api_err(-1);
+    return ret < 0 ? 1 : 0;
+}
+
 void progress_update(struct progress *p, uint64_t done, uint64_t total)
 {
     if (!p->enabled)
@@ -800,9 +809,7 @@ static int cmd_snapshot(int argc, char **argv)
     }
     if (ret < 0)
         api_err(1);
-    if (vmm_block_close(blk) < 0 && ret == 0)
-        ret = api_err(-1);
-    return ret < 0 ? 1 : 0;
+    return close_image_exit_status(blk, ret);
 }
 
 /* ---- resize -------------------------------------------------------------- */
@@ -903,9 +910,7 @@ static int cmd_commit(int argc, char **argv)
         api_err(1);
     else if (!quiet)
         printf("Image committed.\n");
-    if (vmm_block_close(blk) < 0 && ret == 0)
-        ret = api_err(-1);
-    return ret < 0 ? 1 : 0;
+    return close_image_exit_status(blk, ret);
 }
 
 static int cmd_rebase(int argc, char **argv)
@@ -948,9 +953,7 @@ static int cmd_rebase(int argc, char **argv)
     progress_end(&pg);
     if (ret < 0)
         api_err(1);
-    if (vmm_block_close(blk) < 0 && ret == 0)
-        ret = api_err(-1);
-    return ret < 0 ? 1 : 0;
+    return close_image_exit_status(blk, ret);
 }
 
 /* ---- map ----------------------------------------------------------------- */
@@ -1176,9 +1179,7 @@ static int cmd_amend(int argc, char **argv)
     free(opts);
     if (ret < 0)
         api_err(1);
-    if (vmm_block_close(blk) < 0 && ret == 0)
-        ret = api_err(-1);
-    return ret < 0 ? 1 : 0;
+    return close_image_exit_status(blk, ret);
 }
 
 /* ---- main ---------------------------------------------------------------- */
