@@ -39,20 +39,42 @@ int qcow2_compressed_extent(const struct qcow2_state *s, uint64_t e, uint64_t *h
 
 /* ---- iovec helpers --------------------------------------------------------- */
 
+/* A walk over the `len` bytes of an iovec array from byte `skip` on, piece by piece. */
+struct iov_cursor {
+    const struct iovec *iov;
+    int cnt, i;
+    uint64_t skip, len;
+};
+
+/* The next piece of the walk in *base and *n; false once the walk is over. */
+static bool iov_next_piece(struct iov_cursor *c, uint8_t **base, uint64_t *n)
+{
+    while (c->i < c->cnt && c->len) {
+        const struct iovec *e = &c->iov[c->i++];
+        if (c->skip >= e->iov_len) {
+            c->skip -= e->iov_len;
+            continue;
+        }
+        *n = e->iov_len - c->skip;
+        if (*n > c->len)
+            *n = c->len;
+        *base = (uint8_t *)e->iov_base + c->skip;
+        c->len -= *n;
+        c->skip = 0;
+        return true;
+    }
+    return false;
+}
+
 /* Copy `len` bytes between the iovec's data from byte `skip` on and a flat buffer:
  * out of the iovec (to_iov false) or into it (to_iov true; a NULL buf writes zeroes). */
 static void iov_copy_range(const struct iovec *iov, int cnt, uint64_t skip, uint8_t *buf,
                            uint64_t len, bool to_iov)
 {
-    for (int i = 0; i < cnt && len; i++) {
-        if (skip >= iov[i].iov_len) {
-            skip -= iov[i].iov_len;
-            continue;
-        }
-        uint64_t n = iov[i].iov_len - skip;
-        if (n > len)
-            n = len;
-        uint8_t *seg = (uint8_t *)iov[i].iov_base + skip;
+    struct iov_cursor c = { iov, cnt, 0, skip, len };
+    uint8_t *seg;
+    uint64_t n;
+    while (iov_next_piece(&c, &seg, &n)) {
         if (!to_iov)
             memcpy(buf, seg, n);
         else if (buf)
@@ -61,8 +83,6 @@ static void iov_copy_range(const struct iovec *iov, int cnt, uint64_t skip, uint
             memset(seg, 0, n);
         if (buf)
             buf += n;
-        len -= n;
-        skip = 0;
     }
 }
 
@@ -84,20 +104,14 @@ static int iov_slice(const struct iovec *iov, int cnt, uint64_t skip, uint64_t l
     struct iovec *v = malloc(sizeof(*v) * (size_t)(cnt > 0 ? cnt : 1));
     if (!v)
         return QCOW2_ERR(ENOMEM, "qcow2: out of memory");
+    struct iov_cursor c = { iov, cnt, 0, skip, len };
     int n = 0;
-    for (int i = 0; i < cnt && len; i++) {
-        if (skip >= iov[i].iov_len) {
-            skip -= iov[i].iov_len;
-            continue;
-        }
-        uint64_t l = iov[i].iov_len - skip;
-        if (l > len)
-            l = len;
-        v[n].iov_base = (uint8_t *)iov[i].iov_base + skip;
+    uint8_t *base;
+    uint64_t l;
+    while (iov_next_piece(&c, &base, &l)) {
+        v[n].iov_base = base;
         v[n].iov_len = l;
         n++;
-        len -= l;
-        skip = 0;
     }
     *out = v;
     *outcnt = n;
