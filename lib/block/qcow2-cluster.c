@@ -779,10 +779,9 @@ int qcow2_pwritev(struct block_node *bs, uint64_t offset, uint64_t bytes,
                   const struct iovec *iov, int iovcnt, unsigned flags)
 {
     struct qcow2_state *s = bs->opaque;
-    if (!s->writable)
-        return QCOW2_ERR(EROFS, "qcow2: image is read-only");
-    if (s->incompat & QCOW2_INCOMPAT_CORRUPT)
-        return QCOW2_ERR(EIO, "qcow2: image is marked corrupt; writes are refused");
+    int refused = qcow2_refuse_writes(s);
+    if (refused < 0)
+        return refused;
     if (offset > bs->size || bytes > bs->size - offset)
         return QCOW2_ERR(EINVAL, "qcow2: write of %" PRIu64 " bytes at %" PRIu64
                          " is beyond the end of the image", bytes, offset);
@@ -941,10 +940,9 @@ int qcow2_discard_clusters(struct block_node *bs, uint64_t offset, uint64_t byte
 int qcow2_pdiscard(struct block_node *bs, uint64_t offset, uint64_t bytes)
 {
     struct qcow2_state *s = bs->opaque;
-    if (!s->writable)
-        return QCOW2_ERR(EROFS, "qcow2: image is read-only");
-    if (s->incompat & QCOW2_INCOMPAT_CORRUPT)
-        return QCOW2_ERR(EIO, "qcow2: image is marked corrupt; writes are refused");
+    int refused = qcow2_refuse_writes(s);
+    if (refused < 0)
+        return refused;
     if (offset > bs->size || bytes > bs->size - offset)
         return QCOW2_ERR(EINVAL, "qcow2: discard beyond the end of the image");
     uint64_t cs = s->cluster_size;
@@ -983,10 +981,9 @@ static int write_zero_bytes(struct block_node *bs, uint64_t offset, uint64_t byt
 int qcow2_pwrite_zeroes(struct block_node *bs, uint64_t offset, uint64_t bytes, unsigned flags)
 {
     struct qcow2_state *s = bs->opaque;
-    if (!s->writable)
-        return QCOW2_ERR(EROFS, "qcow2: image is read-only");
-    if (s->incompat & QCOW2_INCOMPAT_CORRUPT)
-        return QCOW2_ERR(EIO, "qcow2: image is marked corrupt; writes are refused");
+    int refused = qcow2_refuse_writes(s);
+    if (refused < 0)
+        return refused;
     if (offset > bs->size || bytes > bs->size - offset)
         return QCOW2_ERR(EINVAL, "qcow2: write-zeroes beyond the end of the image");
     uint64_t cs = s->cluster_size;

@@ -892,10 +892,9 @@ static int qcow2_truncate(struct block_node *bs, uint64_t size, bool allow_shrin
                           enum block_prealloc prealloc)
 {
     struct qcow2_state *s = bs->opaque;
-    if (!s->writable)
-        return QCOW2_ERR(EROFS, "qcow2: image is read-only");
-    if (s->incompat & QCOW2_INCOMPAT_CORRUPT)
-        return QCOW2_ERR(EIO, "qcow2: image is marked corrupt; writes are refused");
+    int refused = qcow2_refuse_writes(s);
+    if (refused < 0)
+        return refused;
     pthread_mutex_lock(&s->lock);
     qcow2_wait_inflight(s, 0, UINT64_MAX);
     int r = do_truncate(bs, size, allow_shrink, prealloc);

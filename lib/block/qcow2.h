@@ -206,6 +206,16 @@ static inline void qcow2_put16(void *p, uint16_t v)
 /* Set the per-thread error and return -errnum (the driver contract). */
 #define QCOW2_ERR(errnum, ...) (vmm_set_error((errnum), __VA_ARGS__), -(errnum))
 
+/* 0 when writes may proceed; else the error for a read-only or corrupt image. */
+static inline int qcow2_refuse_writes(const struct qcow2_state *s)
+{
+    if (!s->writable)
+        return QCOW2_ERR(EROFS, "qcow2: image is read-only");
+    if (s->incompat & QCOW2_INCOMPAT_CORRUPT)
+        return QCOW2_ERR(EIO, "qcow2: image is marked corrupt; writes are refused");
+    return 0;
+}
+
 static inline uint64_t qcow2_align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
 static inline uint64_t qcow2_size_to_clusters(const struct qcow2_state *s, uint64_t bytes)
 {
