@@ -33,6 +33,9 @@ static const struct vmm_prop machine_props[] = {
       "on: a guest reset restarts the machine; off: it ends the machine", NULL, 0, 0 },
     { "name", VMM_PROP_STR, offsetof(struct machine_config, name), "",
       "the machine's name", NULL, 0, 0 },
+    { "virtio-mmio-cmdline", VMM_PROP_BOOL, offsetof(struct machine_config, virtio_mmio_cmdline),
+      "off", "on: also announce virtio-mmio devices on the kernel command line "
+      "(virtio_mmio.device=), for kernels without ACPI; the DSDT always lists them", NULL, 0, 0 },
     { NULL, 0, 0, NULL, NULL, NULL, 0, 0 },
 };
 

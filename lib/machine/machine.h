@@ -32,6 +32,7 @@ struct machine_config {
     char *cpu_model;
     bool reboot;
     char *name;
+    bool virtio_mmio_cmdline;
 };
 
 struct machine_class {
