@@ -220,10 +220,17 @@ static void control_on_event(void *opaque, const struct vmm_event *ev)
     }
     g_mutex_unlock(&ctl->lock);
     g_free(text);
-    /* In the I/O thread the command's flush sends it (before the reply);
-     * from other threads, wake the I/O thread. */
-    if (any && !g_main_context_is_owner(ctl->m->io_context))
+    /* In the I/O thread a command's flush sends it (before the reply), or,
+     * for events a device raised there, an idle flush right after; from
+     * other threads, wake the I/O thread. */
+    if (any && !g_main_context_is_owner(ctl->m->io_context)) {
         g_main_context_invoke(ctl->m->io_context, flush_all_cb, ctl);
+    } else if (any) {
+        GSource *idle = g_idle_source_new();
+        g_source_set_callback(idle, flush_all_cb, ctl, NULL);
+        g_source_attach(idle, ctl->m->io_context);
+        g_source_unref(idle);
+    }
 }
 
 /* ---- input ---------------------------------------------------------------- */
