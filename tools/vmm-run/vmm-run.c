@@ -30,6 +30,11 @@ static const char usage_text[] =
     "  --serial MODE        stdio (default), file:PATH or none\n"
     "  --device SPEC        add a device: TYPE,key=value,... ('help' lists types,\n"
     "                       'TYPE,help' lists a type's properties)\n"
+    "  --drive SPEC         a disk: file=F[,format=raw|qcow2][,if=virtio|none][,id=ID]\n"
+    "                       [,cache=writeback|none|writethrough|directsync|unsafe]\n"
+    "                       [,aio=threads|native][,readonly=on|off][,discard=ignore|unmap];\n"
+    "                       if=virtio (default) also adds a virtio-blk device, if=none\n"
+    "                       only defines drive ID for --device virtio-blk-pci,drive=ID\n"
     "  --no-reboot          end when the guest resets instead of restarting it\n"
     "  --qmp unix:PATH[,server,nowait]  serve QMP (QEMU's control protocol) there\n"
     "  --log FILE           append this machine's log (events, errors) to FILE\n"
@@ -46,6 +51,8 @@ struct options {
     const char *qmp, *log;
     const char **devices;
     int nr_devices;
+    const char **drives;
+    int nr_drives;
     bool no_reboot, verbose;
 };
 
@@ -127,7 +134,7 @@ static bool asks_for_help(const char *spec)
 
 enum { OPT_KERNEL = 256, OPT_INITRD, OPT_APPEND, OPT_CPUS, OPT_MEMORY, OPT_CPU_MODEL,
        OPT_MACHINE, OPT_SERIAL, OPT_DEVICE, OPT_NO_REBOOT, OPT_VERBOSE, OPT_VERSION,
-       OPT_QMP, OPT_LOG };
+       OPT_QMP, OPT_LOG, OPT_DRIVE };
 
 static const struct option long_options[] = {
     { "kernel", required_argument, NULL, OPT_KERNEL },
@@ -139,6 +146,7 @@ static const struct option long_options[] = {
     { "machine", required_argument, NULL, OPT_MACHINE },
     { "serial", required_argument, NULL, OPT_SERIAL },
     { "device", required_argument, NULL, OPT_DEVICE },
+    { "drive", required_argument, NULL, OPT_DRIVE },
     { "no-reboot", no_argument, NULL, OPT_NO_REBOOT },
     { "verbose", no_argument, NULL, OPT_VERBOSE },
     { "version", no_argument, NULL, OPT_VERSION },
@@ -152,6 +160,7 @@ static void parse_options(int argc, char **argv, struct options *o)
 {
     opterr = 0;
     o->devices = calloc((size_t)argc, sizeof(*o->devices));
+    o->drives = calloc((size_t)argc, sizeof(*o->drives));
     int c;
     while ((c = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
         switch (c) {
@@ -164,6 +173,7 @@ static void parse_options(int argc, char **argv, struct options *o)
         case OPT_MACHINE: o->machine = optarg; break;
         case OPT_SERIAL: o->serial = optarg; break;
         case OPT_DEVICE: o->devices[o->nr_devices++] = optarg; break;
+        case OPT_DRIVE: o->drives[o->nr_drives++] = optarg; break;
         case OPT_NO_REBOOT: o->no_reboot = true; break;
         case OPT_VERBOSE: o->verbose = true; break;
         case OPT_QMP: o->qmp = optarg; break;
@@ -252,6 +262,55 @@ static void setup_serial(vmm_machine *m, const char *mode, bool *use_stdin)
     }
 }
 
+/* ---- --drive ------------------------------------------------------------ */
+
+/* Take the value of `key` out of "k=v,k2=v2" (into *value, malloc'd). */
+static char *take_key(const char *spec, const char *key, char **value)
+{
+    size_t klen = strlen(key);
+    char *rest = malloc(strlen(spec) + 1);
+    *rest = '\0';
+    *value = NULL;
+    for (const char *p = spec; *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len > klen && !strncmp(p, key, klen) && p[klen] == '=') {
+            free(*value);
+            *value = strndup(p + klen + 1, len - klen - 1);
+        } else if (len) {
+            strncat(strcat(rest, *rest ? "," : ""), p, len);
+        }
+        p += len + (end ? 1 : 0);
+    }
+    return rest;
+}
+
+/* --drive SPEC: the drive, then (if=virtio) its virtio-blk device. */
+static void add_drive(vmm_machine *m, const char *spec, int index, const char *machine)
+{
+    char *iface, *id, name[32], *full, *device = NULL;
+    char *rest = take_key(spec, "if", &iface);
+    char *base = take_key(rest, "id", &id);
+    if (iface && strcmp(iface, "virtio") && strcmp(iface, "none"))
+        die("--drive %s: if=%s: expected virtio or none", spec, iface);
+    snprintf(name, sizeof(name), "drive%d", index);
+    const char *drive_id = id ? id : name;
+    bool mmio = !machine || !strcmp(machine, "microvm");
+    bool virtio = !iface || !strcmp(iface, "virtio");
+    if (asprintf(&full, "%s%sid=%s", base, *base ? "," : "", drive_id) < 0 ||
+        (virtio && asprintf(&device, "virtio-blk-%s,drive=%s", mmio ? "device" : "pci",
+                            drive_id) < 0))
+        die("out of memory");
+    if (vmm_machine_add_drive(m, full) < 0 || (device && vmm_machine_add_device(m, device) < 0))
+        die("--drive %s: %s", spec, vmm_get_error());
+    free(device);
+    free(full);
+    free(rest);
+    free(base);
+    free(iface);
+    free(id);
+}
+
 static void set_property(vmm_machine *m, const char *key, const char *value)
 {
     if (value && vmm_machine_set(m, key, value) < 0)
@@ -296,6 +355,8 @@ int main(int argc, char **argv)
     set_property(m, "memory", o.memory);
     set_property(m, "cpu-model", o.cpu_model);
     set_property(m, "reboot", o.no_reboot ? "off" : NULL);
+    for (int i = 0; i < o.nr_drives; i++)
+        add_drive(m, o.drives[i], i, o.machine);
     for (int i = 0; i < o.nr_devices; i++)
         if (vmm_machine_add_device(m, o.devices[i]) < 0)
             die_api();
@@ -319,5 +380,6 @@ int main(int argc, char **argv)
     if (!use_stdin)
         vmm_machine_free(m);
     free(o.devices);
+    free(o.drives);
     return status;
 }
