@@ -285,30 +285,45 @@ static char *take_key(const char *spec, const char *key, char **value)
     return rest;
 }
 
-/* --drive SPEC: the drive, then (if=virtio) its virtio-blk device. */
-static void add_drive(vmm_machine *m, const char *spec, int index, const char *machine)
+static int drive_error(char **why, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int drive_error(char **why, const char *fmt, ...)
 {
-    char *iface, *id, name[32], *full, *device = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    if (vasprintf(why, fmt, ap) < 0)
+        *why = NULL;
+    va_end(ap);
+    return -1;
+}
+
+/* --drive SPEC: the drive, then (if=virtio) its virtio-blk device.  Fails
+ * with the reason in *why (malloc'd). */
+static int add_drive(vmm_machine *m, const char *spec, int index, const char *machine, char **why)
+{
+    char *iface, *id, name[32], *full = NULL, *device = NULL;
     char *rest = take_key(spec, "if", &iface);
     char *base = take_key(rest, "id", &id);
-    if (iface && strcmp(iface, "virtio") && strcmp(iface, "none"))
-        die("--drive %s: if=%s: expected virtio or none", spec, iface);
     snprintf(name, sizeof(name), "drive%d", index);
     const char *drive_id = id ? id : name;
     bool mmio = !machine || !strcmp(machine, "microvm");
     bool virtio = !iface || !strcmp(iface, "virtio");
-    if (asprintf(&full, "%s%sid=%s", base, *base ? "," : "", drive_id) < 0 ||
-        (virtio && asprintf(&device, "virtio-blk-%s,drive=%s", mmio ? "device" : "pci",
-                            drive_id) < 0))
-        die("out of memory");
-    if (vmm_machine_add_drive(m, full) < 0 || (device && vmm_machine_add_device(m, device) < 0))
-        die("--drive %s: %s", spec, vmm_get_error());
+    int ret = 0;
+    *why = NULL;
+    if (iface && !virtio && strcmp(iface, "none"))
+        ret = drive_error(why, "--drive %s: if=%s: expected virtio or none", spec, iface);
+    else if (asprintf(&full, "%s%sid=%s", base, *base ? "," : "", drive_id) < 0 ||
+             (virtio && asprintf(&device, "virtio-blk-%s,drive=%s", mmio ? "device" : "pci",
+                                 drive_id) < 0))
+        ret = drive_error(why, "out of memory");
+    else if (vmm_machine_add_drive(m, full) < 0 || (device && vmm_machine_add_device(m, device) < 0))
+        ret = drive_error(why, "--drive %s: %s", spec, vmm_get_error());
     free(device);
     free(full);
     free(rest);
     free(base);
     free(iface);
     free(id);
+    return ret;
 }
 
 static void set_property(vmm_machine *m, const char *key, const char *value)
@@ -355,8 +370,15 @@ int main(int argc, char **argv)
     set_property(m, "memory", o.memory);
     set_property(m, "cpu-model", o.cpu_model);
     set_property(m, "reboot", o.no_reboot ? "off" : NULL);
-    for (int i = 0; i < o.nr_drives; i++)
-        add_drive(m, o.drives[i], i, o.machine);
+    for (int i = 0; i < o.nr_drives; i++) {
+        char *why;
+        if (add_drive(m, o.drives[i], i, o.machine, &why) < 0) {
+            vmm_machine_free(m);
+            free(o.devices);
+            free(o.drives);
+            die("%s", why ? why : "out of memory");
+        }
+    }
     for (int i = 0; i < o.nr_devices; i++)
         if (vmm_machine_add_device(m, o.devices[i]) < 0)
             die_api();
