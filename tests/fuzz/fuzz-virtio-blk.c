@@ -14,10 +14,10 @@
 #include <string.h>
 #include "devices/virtio/virtio-blk.h"
 #include "devices/virtio/virtqueue.h"
+#include "fuzz-vq.h"
 #include "machine/memory.h"
 #include "util/util.h"
 
-#define FUZZ_RAM (64u * 1024)
 #define CAPACITY 64u
 #define MAX_POPS 64
 
@@ -76,24 +76,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             __builtin_trap();
         ready = 1;
     }
-    if (size < 8)
+    struct virtqueue vq;
+    if (!fuzz_vq_load(&mem, &vq, data, size))
         return 0;
-    uint8_t *ram = guest_memory_ptr(&mem, 0, FUZZ_RAM);
-    memset(ram, 0, FUZZ_RAM);
-    memcpy(ram, data + 8, size - 8 < FUZZ_RAM ? size - 8 : FUZZ_RAM);
     struct virtio_blk_limits lim = {
         .capacity = CAPACITY, .seg_max = 126, .size_max = 1u << 20,
         .max_discard_sectors = 32, .max_write_zeroes_sectors = 32,
         .read_only = data[2] & 8, .discard = data[2] & 16, .flush = true, .serial = "fuzz-serial",
     };
-    struct virtqueue vq;
-    virtqueue_init(&vq, &mem, 256);
-    vq.size = (uint16_t)(data[0] | data[1] << 8);
-    vq.indirect = data[2] & 1;
-    vq.event_idx = data[2] & 2;
-    vq.desc_gpa = (uint64_t)(data[3] | (data[4] & 0x1f) << 8) * 16;
-    vq.avail_gpa = (uint64_t)(data[5] | (data[4] >> 5) << 8) * 16 + (data[2] >> 2 & 1) * 2;
-    vq.used_gpa = (uint64_t)(data[6] | data[7] << 8) * 4;
     if (virtqueue_enable(&vq) == 0) {
         struct vq_chain c;
         for (unsigned n = 0; n < MAX_POPS && virtqueue_pop(&vq, &c) > 0; n++) {

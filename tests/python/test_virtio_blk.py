@@ -198,20 +198,14 @@ def test_werror_stop_pauses_and_resume_retries(tmp_path):
 
 @needs_kvm
 @needs_nbdkit
-def test_rerror_ignore_completes_the_read(tmp_path):
-    status, console, events = run_guest(tmp_path, "pread", "EIO", "rerror=ignore",
-                                        "fail=read expect=ok")
+@pytest.mark.parametrize("policy, action, guest_sees", [
+    ("rerror=ignore", "ignore", "OK"),
+    ("serial=x", "report", "IOERR"),          # rerror=report is the default
+])
+def test_read_errors_follow_rerror(tmp_path, policy, action, guest_sees):
+    status, console, events = run_guest(tmp_path, "pread", "EIO", policy,
+                                        f"fail=read expect={guest_sees.lower()}")
     assert events[0]["data"]["operation"] == "read"
-    assert events[0]["data"]["action"] == "ignore"
-    assert "virtio-blk: failing read: OK" in console, console
-    assert status == 33, console
-
-
-@needs_kvm
-@needs_nbdkit
-def test_rerror_report_is_the_default(tmp_path):
-    status, console, events = run_guest(tmp_path, "pread", "EIO", "serial=x",
-                                        "fail=read expect=ioerr")
-    assert events[0]["data"]["action"] == "report"
-    assert "virtio-blk: failing read: IOERR" in console, console
+    assert events[0]["data"]["action"] == action
+    assert f"virtio-blk: failing read: {guest_sees}" in console, console
     assert status == 33, console

@@ -206,4 +206,4 @@ def test_drive_if_none_without_a_device_is_not_a_disk(tmp_path):
     p = run("--kernel", guest("virtio/virtio-blk"), "--machine", "pc", *EXIT_DEV,
             "--append", "transport=pci", "--drive", f"file={path},format=raw,if=none,id=hd0")
     assert p.returncode == 35, p.stdout + p.stderr
-    assert "no virtio-blk device on PCI" in p.stdout
+    assert "no virtio device 2 on PCI" in p.stdout

@@ -253,11 +253,15 @@ static void submit(struct blk_inflight *r)
     }
 }
 
+/* Resubmit what stopped the machine; a request that fails again joins a
+ * fresh retry list (and stops the machine again). */
 static void retry_stopped(struct virtio_blk *blk)
 {
-    while (blk->retry) {
-        struct blk_inflight *r = blk->retry;
-        list_del(&blk->retry, r);
+    struct blk_inflight *list = blk->retry;
+    blk->retry = NULL;
+    while (list) {
+        struct blk_inflight *r = list;
+        list_del(&list, r);
         submit(r);
     }
 }

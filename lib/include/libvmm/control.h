@@ -79,7 +79,7 @@ typedef int (*vmm_device_fn)(void *user_data, const struct vmm_device_info *info
  * embedder's. */
 LIBVMM_EXPORT int vmm_machine_list_devices(vmm_machine *m, vmm_device_fn fn, void *user_data);
 
-/* One block node of the machine (added with QMP blockdev-add). */
+/* One block node of the machine (a drive, or a QMP blockdev-add node). */
 struct vmm_block_node_info {
     size_t size;                   /* sizeof(struct vmm_block_node_info) */
     const char *name;              /* node-name */

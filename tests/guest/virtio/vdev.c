@@ -186,6 +186,18 @@ bool vdev_find_mmio(struct vdev *d, uint32_t id)
 
 /* ---- both --------------------------------------------------------------- */
 
+bool vdev_start_guest(struct vdev *d, uint16_t id)
+{
+    x2apic_enable();
+    pic_mask_all();
+    bool mmio = cmdline_is("transport", "mmio");
+    if (!mmio)
+        pci_find_ecam();
+    if (mmio ? !vdev_find_mmio(d, id) : !vdev_find_pci(d, id))
+        guest_fail("no virtio device %u on %s", id, mmio ? "virtio-mmio" : "PCI");
+    return mmio;
+}
+
 uint8_t vdev_status(struct vdev *d)
 {
     return d->transport == VT_PCI ? mmio_read8(d->common + C_STATUS)

@@ -74,6 +74,10 @@ struct vdev {
  * below 4 GiB if needed) or on virtio-mmio (slots from the DSDT). */
 bool vdev_find_pci(struct vdev *d, uint16_t id);
 bool vdev_find_mmio(struct vdev *d, uint32_t id);
+/* A test guest's start: x2APIC on, PIC masked, then the device with virtio
+ * id `id` on the transport the cmdline names (transport=mmio, else PCI);
+ * fails the test when there is none.  Returns true for MMIO. */
+bool vdev_start_guest(struct vdev *d, uint16_t id);
 void vdev_reset(struct vdev *d);
 uint8_t vdev_status(struct vdev *d);
 void vdev_set_status(struct vdev *d, uint8_t s);

@@ -176,13 +176,7 @@ static void reset_mid_io(void)
 int main(const struct hvm_start_info *si)
 {
     (void)si;
-    x2apic_enable();
-    pic_mask_all();
-    mmio = cmdline_is("transport", "mmio");
-    if (!mmio)
-        pci_find_ecam();
-    if (mmio ? !vdev_find_mmio(&dev, 2) : !vdev_find_pci(&dev, 2))
-        guest_fail("no virtio-blk device");
+    mmio = vdev_start_guest(&dev, 2);
     idt_set_handler(VEC_CONFIG, on_config);
     idt_set_handler(VEC_QUEUE, on_queue);
     protocol_violations();

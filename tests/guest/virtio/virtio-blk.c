@@ -318,13 +318,7 @@ static void data_checks(uint64_t capacity, unsigned nq)
 int main(const struct hvm_start_info *si)
 {
     (void)si;
-    x2apic_enable();
-    pic_mask_all();
-    mmio = cmdline_is("transport", "mmio");
-    if (!mmio)
-        pci_find_ecam();
-    if (mmio ? !vdev_find_mmio(&dev, 2) : !vdev_find_pci(&dev, 2))
-        guest_fail("no virtio-blk device on %s", mmio ? "virtio-mmio" : "PCI");
+    mmio = vdev_start_guest(&dev, 2);
     printf("virtio-blk: found on %s\n", mmio ? "virtio-mmio" : "PCI");
     unsigned nq;
     uint64_t capacity = start(&nq);
