@@ -21,13 +21,12 @@
 #define CAPACITY 64u
 #define MAX_POPS 64
 
-static struct guest_memory mem;
-static int ready;
+static struct guest_memory *mem;   /* fuzz_ram() */
 
 static void check_range(const void *p, uint64_t len)
 {
     const uint8_t *b = p;
-    if (b < mem.base || len > mem.total || b + len > mem.base + mem.total)
+    if (b < mem->base || len > mem->total || b + len > mem->base + mem->total)
         __builtin_trap();
 }
 
@@ -71,13 +70,9 @@ static void parse_one(const struct vq_chain *c, const struct virtio_blk_limits *
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (!ready) {
-        if (guest_memory_init(&mem, FUZZ_RAM, 0) < 0)
-            __builtin_trap();
-        ready = 1;
-    }
     struct virtqueue vq;
-    if (!fuzz_vq_load(&mem, &vq, data, size))
+    mem = fuzz_ram();
+    if (!fuzz_vq_load(mem, &vq, data, size))
         return 0;
     struct virtio_blk_limits lim = {
         .capacity = CAPACITY, .seg_max = 126, .size_max = 1u << 20,

@@ -16,15 +16,14 @@
 
 #define MAX_POPS 64
 
-static struct guest_memory mem;
-static int ready;
+static struct guest_memory *mem;   /* fuzz_ram() */
 
 static void check_inside(const struct vq_iov *iov)
 {
     const uint8_t *base = iov->base;
-    if (base < mem.base || base + iov->len > mem.base + mem.total || base + iov->len < base)
+    if (base < mem->base || base + iov->len > mem->base + mem->total || base + iov->len < base)
         __builtin_trap();
-    if (guest_memory_ptr(&mem, iov->gpa, iov->len) != iov->base)
+    if (guest_memory_ptr(mem, iov->gpa, iov->len) != iov->base)
         __builtin_trap();
 }
 
@@ -38,13 +37,9 @@ static void check_error(void)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (!ready) {
-        if (guest_memory_init(&mem, FUZZ_RAM, 0) < 0)
-            __builtin_trap();
-        ready = 1;
-    }
     struct virtqueue vq;
-    if (!fuzz_vq_load(&mem, &vq, data, size))
+    mem = fuzz_ram();
+    if (!fuzz_vq_load(mem, &vq, data, size))
         return 0;
     vmm_clear_error();
     if (virtqueue_enable(&vq) < 0) {

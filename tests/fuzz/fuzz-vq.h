@@ -10,6 +10,19 @@
 
 #define FUZZ_RAM (64u * 1024)
 
+/* The harness's guest RAM, made on first use (trap when it cannot be). */
+static inline struct guest_memory *fuzz_ram(void)
+{
+    static struct guest_memory mem;
+    static int ready;
+    if (!ready) {
+        if (guest_memory_init(&mem, FUZZ_RAM, 0) < 0)
+            __builtin_trap();
+        ready = 1;
+    }
+    return &mem;
+}
+
 /* Header: queue size (2 bytes), flags (bit 0 indirect, bit 1 event idx,
  * bit 2 avail misaligned by 2; the rest for the harness), ring offsets.
  * Returns false when the input is too short for a header. */

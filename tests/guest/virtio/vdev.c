@@ -105,6 +105,16 @@ void vdev_msix_enable(struct vdev *d, bool on)
     pci_write32(d->slot, cap, (dword & 0xffff) | (uint32_t)ctrl << 16);
 }
 
+void vdev_msix_simple(struct vdev *d, uint8_t config_vec, uint8_t queue_vec)
+{
+    if (d->transport != VT_PCI)
+        return;
+    vdev_msix_vector(d, 0, config_vec, x2apic_id());
+    vdev_msix_vector(d, 1, queue_vec, x2apic_id());
+    vdev_msix_enable(d, true);
+    vdev_config_vector(d, 0);
+}
+
 void vdev_config_vector(struct vdev *d, uint16_t vector)
 {
     if (d->transport == VT_PCI)

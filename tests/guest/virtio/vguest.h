@@ -95,6 +95,9 @@ uint8_t vdev_isr(struct vdev *d);         /* PCI ISR read / MMIO status + ack */
 void vdev_msix_vector(struct vdev *d, unsigned entry, uint8_t vector, uint32_t apic_id);
 void vdev_msix_enable(struct vdev *d, bool on);
 void vdev_config_vector(struct vdev *d, uint16_t vector);
+/* PCI: MSI-X entry 0 -> config_vec, entry 1 -> queue_vec (this CPU), on,
+ * config interrupts on entry 0.  Nothing on MMIO. */
+void vdev_msix_simple(struct vdev *d, uint8_t config_vec, uint8_t queue_vec);
 
 /* Rings in static memory for queue slot `i` (0..3). */
 void vq_static(struct vq *vq, unsigned i);

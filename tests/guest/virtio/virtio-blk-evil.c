@@ -38,12 +38,7 @@ static void good_queue(void)
     config_irqs = 0;
     if (!vdev_negotiate(&dev, (1ull << VIRTIO_F_INDIRECT_DESC) | (1ull << VIRTIO_F_EVENT_IDX)))
         guest_fail("negotiation failed");
-    if (!mmio) {
-        vdev_msix_vector(&dev, 0, VEC_CONFIG, x2apic_id());
-        vdev_msix_vector(&dev, 1, VEC_QUEUE, x2apic_id());
-        vdev_msix_enable(&dev, true);
-        vdev_config_vector(&dev, 0);
-    }
+    vdev_msix_simple(&dev, VEC_CONFIG, VEC_QUEUE);
     vq_static(&vq, 0);
     if (!vdev_setup_queue(&dev, 0, &vq, VQ_SIZE, mmio ? 0xffff : 1))
         guest_fail("queue setup failed");
