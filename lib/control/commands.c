@@ -501,8 +501,8 @@ static bool flatten_options(JsonObject *obj, const char *prefix, GString *out,
     bool ok = true;
     for (GList *l = members; l && ok; l = l->next) {
         const char *key = l->data;
-        if (!*prefix && !strcmp(key, "read-only"))
-            continue; /* given as an open flag */
+        if (!*prefix && (!strcmp(key, "read-only") || !strcmp(key, "discard")))
+            continue; /* an open flag; the drive's discard policy */
         char *full = *prefix ? g_strdup_printf("%s.%s", prefix, key) : g_strdup(key);
         JsonNode *node = json_object_get_member(obj, key);
         char buf[32];
@@ -562,11 +562,15 @@ static JsonNode *cmd_blockdev_add(struct control *ctl, JsonObject *args, struct 
     g_string_free(spec, TRUE);
     if (!blk)
         return NULL;
-    if (!machine_drive_insert(ctl->m, name, blk, node_filename(args), read_only)) {
+    struct machine_drive *drive = machine_drive_insert(ctl->m, name, blk, node_filename(args),
+                                                       read_only);
+    if (!drive) {
         vmm_block_close(blk);
         api_error(r);
         return NULL;
     }
+    const char *discard = opt_str(args, "discard");
+    drive->discard_unmap = discard && (!strcmp(discard, "unmap") || !strcmp(discard, "on"));
     return empty_return();
 }
 

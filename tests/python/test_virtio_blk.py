@@ -209,3 +209,36 @@ def test_read_errors_follow_rerror(tmp_path, policy, action, guest_sees):
     assert events[0]["data"]["action"] == action
     assert f"virtio-blk: failing read: {guest_sees}" in console, console
     assert status == 33, console
+
+
+# ---- QMP block nodes are drives -----------------------------------------------------
+
+@needs_kvm
+def test_blockdev_add_node_serves_as_a_drive(tmp_path, image):
+    other = str(tmp_path / "other.raw")
+    libvmm.Block.create(other, "raw", 1 << 20)
+    qmp_path = str(tmp_path / "qmp.sock")
+    console = []
+    with libvmm.Machine("pc", kernel=GUEST, memory="256M", reboot="off",
+                        cmdline="transport=pci getid=1 serial=qmpnode") as m:
+        m.on_serial(console.append)
+        m.add_device(EXIT_DEV)
+        m.serve_qmp(qmp_path)
+        m.add_drive(f"file={other},format=raw,id=other")
+        with libvmm.QMPClient(qmp_path) as qmp:
+            qmp.command("blockdev-add", driver="qcow2", node_name="n0", discard="unmap",
+                        file={"driver": "file", "filename": image})
+            names = [n["node-name"] for n in qmp.command("query-named-block-nodes")]
+            assert names == ["other", "n0"]
+            m.remove_drive("other")
+            m.add_device("virtio-blk-pci,id=disk0,drive=n0,serial=qmpnode")
+            with pytest.raises(libvmm.QMPError) as e:
+                qmp.command("blockdev-del", node_name="n0")
+            assert "n0" in e.value.desc and "disk0" in e.value.desc
+            m.start()
+            m.wait(timeout=120)
+        status = m.exit_code & 0xff
+    text = b"".join(console).decode(errors="replace")
+    assert "virtio-blk: serial 'qmpnode'" in text and "virtio-blk: ok" in text, text
+    assert "virtio-blk: discarded range: 8192 bytes of 0x00" in text   # discard=unmap took
+    assert status == 33
