@@ -141,7 +141,7 @@ class FailingDisk:
         self.proc.wait()
 
 
-def run_guest(tmp_path, op, err, policy, cmdline, heal_on_stop=False):
+def run_guest(tmp_path, op, err, policy, cmdline, heal_on_stop=False, reset_on_stop=False):
     disk = FailingDisk(tmp_path, op, err)
     events, console = [], []
     try:
@@ -157,6 +157,13 @@ def run_guest(tmp_path, op, err, policy, cmdline, heal_on_stop=False):
                 m.start()
                 ev = qmp.event("BLOCK_IO_ERROR", timeout=60)
                 events.append(ev)
+                if reset_on_stop:
+                    # A reset drops the kept request; the rebooted guest fails
+                    # and stops again.
+                    qmp.event("STOP", timeout=60)
+                    m.reset()
+                    m.resume()
+                    events.append(qmp.event("BLOCK_IO_ERROR", timeout=60))
                 if heal_on_stop:
                     stop = qmp.event("STOP", timeout=60)
                     assert m.state == "paused", stop
@@ -192,6 +199,18 @@ def test_werror_stop_pauses_and_resume_retries(tmp_path):
     assert data["action"] == "stop" and data["operation"] == "write"
     assert data["nospace"] is False
     assert "virtio-blk: failing write: OK" in console, console
+    assert "virtio-blk: retried write: 4096 bytes of 0xa5" in console, console
+    assert status == 33, console
+
+
+@needs_kvm
+@needs_nbdkit
+def test_reset_while_stopped_drops_the_kept_request(tmp_path):
+    status, console, events = run_guest(tmp_path, "pwrite", "EIO", "werror=stop",
+                                        "fail=write expect=ok wait=1", heal_on_stop=True,
+                                        reset_on_stop=True)
+    assert [e["data"]["action"] for e in events] == ["stop", "stop"]
+    assert console.count("virtio-blk: found on PCI") == 2, console
     assert "virtio-blk: retried write: 4096 bytes of 0xa5" in console, console
     assert status == 33, console
 
