@@ -293,16 +293,19 @@ void vdev_raw_queue(struct vdev *d, unsigned q, uint16_t n, uint64_t desc, uint6
     }
 }
 
-bool vdev_setup_queue(struct vdev *d, unsigned q, struct vq *vq, uint16_t n, uint16_t vector)
+uint16_t vdev_queue_max(struct vdev *d, unsigned q)
 {
-    uint16_t max;
     if (d->transport == VT_PCI) {
         w16(d->common + C_QSELECT, (uint16_t)q);
-        max = r16(d->common + C_QSIZE);
-    } else {
-        mmio_write32(d->base + M_QSEL, q);
-        max = (uint16_t)mmio_read32(d->base + M_QMAX);
+        return r16(d->common + C_QSIZE);
     }
+    mmio_write32(d->base + M_QSEL, q);
+    return (uint16_t)mmio_read32(d->base + M_QMAX);
+}
+
+bool vdev_setup_queue(struct vdev *d, unsigned q, struct vq *vq, uint16_t n, uint16_t vector)
+{
+    uint16_t max = vdev_queue_max(d, q);
     if (!max) {
         printf("virtio: queue %u does not exist\n", q);
         return false;

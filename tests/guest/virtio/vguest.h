@@ -85,6 +85,8 @@ void vdev_set_status(struct vdev *d, uint8_t s);
  * returns false (with a line) when the device refuses. */
 bool vdev_negotiate(struct vdev *d, uint64_t want);
 uint64_t vdev_offered(struct vdev *d);
+/* The largest size queue q takes (0: no such queue). */
+uint16_t vdev_queue_max(struct vdev *d, unsigned q);
 /* Give queue q the rings (size n); vector: MSI-X vector or 0xffff. */
 bool vdev_setup_queue(struct vdev *d, unsigned q, struct vq *vq, uint16_t n, uint16_t vector);
 /* Set size/addresses without checks and enable (for malicious guests). */

@@ -223,6 +223,7 @@ static uint64_t start(unsigned *nq)
     if (*nq > 2 || *nq > queues_offered)
         guest_fail("mq=%u: the device offers %u queues (this test uses at most 2)", *nq,
                    queues_offered);
+    printf("virtio-blk: queue 0 holds up to %u entries\n", vdev_queue_max(&dev, 0));
     uint16_t vectors[2];
     setup_interrupts(*nq, vectors);
     for (unsigned q = 0; q < *nq; q++) {
