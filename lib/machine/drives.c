@@ -3,10 +3,8 @@
 #include <string.h>
 #include "libvmm/control.h"
 #include "devices/device.h"
+#include "devices/virtio/virtio-blk.h"
 #include "machine/drives.h"
-
-/* Devices whose `drive` property names a drive (virtio-blk today). */
-bool virtio_blk_uses_drive(const struct device *dev, const char *id);
 
 static struct machine_drive *find_locked(vmm_machine *m, const char *id)
 {

@@ -468,7 +468,6 @@ static const struct vmm_prop blk_props[] = {
 VIRTIO_DEVICE_CLASSES(virtio_blk, "virtio-blk", "block device", struct virtio_blk, blk_props,
                       &blk_ops);
 
-bool virtio_blk_uses_drive(const struct device *dev, const char *id);
 bool virtio_blk_uses_drive(const struct device *dev, const char *id)
 {
     if (dev->cls != &device_virtio_blk_pci.dc && dev->cls != &device_virtio_blk_mmio.dc)

@@ -92,4 +92,9 @@ enum virtio_blk_verdict virtio_blk_parse(const struct vq_chain *c,
                                          struct virtio_blk_request *req);
 void virtio_blk_request_clear(struct virtio_blk_request *req);
 
+struct device;
+/* Whether `dev` is a virtio-blk whose drive property names `id` (realized
+ * or not): such a drive cannot be removed (lib/machine/drives.c). */
+bool virtio_blk_uses_drive(const struct device *dev, const char *id);
+
 #endif
