@@ -187,7 +187,7 @@ def test_werror_report_gives_the_guest_ioerr(tmp_path):
     data = events[0]["data"]
     assert data["device"] == "disk0" and data["node-name"] == "nbd0"
     assert data["operation"] == "write" and data["action"] == "report"
-    assert data["nospace"] is True and data["reason"]
+    assert data["nospace"] is True and data["reason"] == os.strerror(errno.ENOSPC)
 
 
 @needs_kvm
@@ -197,7 +197,7 @@ def test_werror_stop_pauses_and_resume_retries(tmp_path):
                                         "fail=write expect=ok wait=1", heal_on_stop=True)
     data = events[0]["data"]
     assert data["action"] == "stop" and data["operation"] == "write"
-    assert data["nospace"] is False
+    assert data["nospace"] is False and data["reason"] == os.strerror(errno.EIO)
     assert "virtio-blk: failing write: OK" in console, console
     assert "virtio-blk: retried write: 4096 bytes of 0xa5" in console, console
     assert status == 33, console

@@ -156,12 +156,13 @@ static void report_io_error(struct virtio_blk *blk, const struct blk_inflight *r
     e->m = m;
     e->device = g_strdup(blk_name(blk));
     e->node = g_strdup(blk->drive->id);
-    e->reason = g_strdup(why && *why ? why : g_strerror(err));
+    e->reason = g_strdup(err ? g_strerror(err) : why);   /* QEMU's reason: strerror */
     e->operation = r->req.type == VIRTIO_BLK_T_IN ? "read" : "write";
     e->action = action_names[action];
     e->nospace = err == ENOSPC;
     machine_log(m, VMM_LOG_WARNING, "virtio-blk", "%s: %s error at offset %llu (action %s): %s",
-                e->device, e->operation, (unsigned long long)r->req.offset, e->action, e->reason);
+                e->device, e->operation, (unsigned long long)r->req.offset, e->action,
+                why && *why ? why : e->reason);
     GSource *src = g_idle_source_new();
     g_source_set_callback(src, io_error_event_run, e, io_error_event_free);
     g_source_attach(src, m->io_context);
