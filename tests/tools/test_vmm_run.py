@@ -77,6 +77,9 @@ def test_device_help_lists_types_from_the_library():
     (["--kernel", "K", "--drive", "format=raw"], "file= is required"),
     (["--kernel", "K", "--drive", "file=/nonexistent.img,format=raw"], "/nonexistent.img"),
     (["--kernel", "K", "--drive", "file=/etc/hostname,format=vmdk"], "format=vmdk: expected one of raw, qcow2"),
+    (["--kernel", "K", "--drive", "file=/etc/hostname,if=none,werror=stop"],
+     "werror=stop: only with if=virtio (else give it to --device)"),
+    (["--kernel", "K", "--drive", "file=/etc/hostname,format=raw,werror=sometimes"], "werror"),
 ])
 def test_bad_input_gets_one_clear_line(args, text):
     one_error_line(run(*args), text)
@@ -173,13 +176,13 @@ def image_reads(path, fmt, pattern, offset, length):
 @needs_kvm
 @pytest.mark.parametrize("machine, transport, fmt, extra", [
     ("pc", "pci", "qcow2", ",cache=none,aio=native"),
-    ("microvm", "mmio", "raw", ",cache=writethrough"),
+    ("microvm", "mmio", "raw", ",cache=writethrough,werror=stop,rerror=report"),
 ])
 def test_drive_if_virtio_adds_the_disk(tmp_path, machine, transport, fmt, extra):
     path = disk_image(tmp_path, fmt)
     p = run("--kernel", guest("virtio/virtio-blk"), "--machine", machine,
-            "--append", f"transport={transport}", *EXIT_DEV,
-            "--drive", f"file={path},format={fmt},discard=unmap{extra}")
+            "--append", f"transport={transport} getid=1 serial=s{machine}", *EXIT_DEV,
+            "--drive", f"file={path},format={fmt},discard=unmap,serial=s{machine}{extra}")
     assert p.returncode == 33, p.stdout + p.stderr
     assert "virtio-blk: ok" in p.stdout
     assert image_reads(path, fmt, "0xa5", 0, 4096) and image_reads(path, fmt, "0x3c", 4096, 4096)

@@ -32,7 +32,8 @@ static const char usage_text[] =
     "                       'TYPE,help' lists a type's properties)\n"
     "  --drive SPEC         a disk: file=F[,format=raw|qcow2][,if=virtio|none][,id=ID]\n"
     "                       [,cache=writeback|none|writethrough|directsync|unsafe]\n"
-    "                       [,aio=threads|native][,readonly=on|off][,discard=ignore|unmap];\n"
+    "                       [,aio=threads|native][,readonly=on|off][,discard=ignore|unmap]\n"
+    "                       [,serial=S][,werror=|rerror=report|ignore|stop];\n"
     "                       if=virtio (default) also adds a virtio-blk device, if=none\n"
     "                       only defines drive ID for --device virtio-blk-pci,drive=ID\n"
     "  --no-reboot          end when the guest resets instead of restarting it\n"
@@ -264,25 +265,47 @@ static void setup_serial(vmm_machine *m, const char *mode, bool *use_stdin)
 
 /* ---- --drive ------------------------------------------------------------ */
 
-/* Take the value of `key` out of "k=v,k2=v2" (into *value, malloc'd). */
-static char *take_key(const char *spec, const char *key, char **value)
+/* --drive's keys sorted out: if= and id= for vmm-run, the device's own
+ * (serial, werror, rerror) for its virtio-blk device, the rest for
+ * vmm_machine_add_drive. */
+struct drive_parts {
+    char *iface, *id;
+    char *drive, *device;          /* "k=v,..." */
+};
+
+static const char *const device_keys[] = { "serial", "werror", "rerror", NULL };
+
+static void append_token(char *list, const char *token, size_t len)
+{
+    strncat(strcat(list, *list ? "," : ""), token, len);
+}
+
+static bool is_key(const char *token, size_t len, const char *key)
 {
     size_t klen = strlen(key);
-    char *rest = malloc(strlen(spec) + 1);
-    *rest = '\0';
-    *value = NULL;
+    return len > klen && !strncmp(token, key, klen) && token[klen] == '=';
+}
+
+static void split_drive_spec(const char *spec, struct drive_parts *parts)
+{
+    size_t room = strlen(spec) + 1;
+    parts->drive = calloc(1, room);
+    parts->device = calloc(1, room);
     for (const char *p = spec; *p;) {
         const char *end = strchr(p, ',');
         size_t len = end ? (size_t)(end - p) : strlen(p);
-        if (len > klen && !strncmp(p, key, klen) && p[klen] == '=') {
-            free(*value);
-            *value = strndup(p + klen + 1, len - klen - 1);
+        bool for_device = false;
+        for (int i = 0; device_keys[i]; i++)
+            for_device |= is_key(p, len, device_keys[i]);
+        char **own = is_key(p, len, "if") ? &parts->iface : is_key(p, len, "id") ? &parts->id : NULL;
+        if (own) {
+            free(*own);                 /* the last one counts */
+            *own = strndup(p + 3, len - 3);
         } else if (len) {
-            strncat(strcat(rest, *rest ? "," : ""), p, len);
+            append_token(for_device ? parts->device : parts->drive, p, len);
         }
         p += len + (end ? 1 : 0);
     }
-    return rest;
 }
 
 static int drive_error(char **why, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -300,29 +323,32 @@ static int drive_error(char **why, const char *fmt, ...)
  * with the reason in *why (malloc'd). */
 static int add_drive(vmm_machine *m, const char *spec, int index, const char *machine, char **why)
 {
-    char *iface, *id, name[32], *full = NULL, *device = NULL;
-    char *rest = take_key(spec, "if", &iface);
-    char *base = take_key(rest, "id", &id);
+    struct drive_parts parts = { 0 };
+    split_drive_spec(spec, &parts);
+    char name[32], *full = NULL, *device = NULL;
     snprintf(name, sizeof(name), "drive%d", index);
-    const char *drive_id = id ? id : name;
+    const char *id = parts.id ? parts.id : name;
     bool mmio = !machine || !strcmp(machine, "microvm");
-    bool virtio = !iface || !strcmp(iface, "virtio");
+    bool virtio = !parts.iface || !strcmp(parts.iface, "virtio");
     int ret = 0;
     *why = NULL;
-    if (iface && !virtio && strcmp(iface, "none"))
-        ret = drive_error(why, "--drive %s: if=%s: expected virtio or none", spec, iface);
-    else if (asprintf(&full, "%s%sid=%s", base, *base ? "," : "", drive_id) < 0 ||
-             (virtio && asprintf(&device, "virtio-blk-%s,drive=%s", mmio ? "device" : "pci",
-                                 drive_id) < 0))
+    if (!virtio && strcmp(parts.iface, "none"))
+        ret = drive_error(why, "--drive %s: if=%s: expected virtio or none", spec, parts.iface);
+    else if (!virtio && *parts.device)
+        ret = drive_error(why, "--drive %s: %s: only with if=virtio (else give it to --device)",
+                          spec, parts.device);
+    else if (asprintf(&full, "%s%sid=%s", parts.drive, *parts.drive ? "," : "", id) < 0 ||
+             (virtio && asprintf(&device, "virtio-blk-%s,drive=%s%s%s", mmio ? "device" : "pci",
+                                 id, *parts.device ? "," : "", parts.device) < 0))
         ret = drive_error(why, "out of memory");
     else if (vmm_machine_add_drive(m, full) < 0 || (device && vmm_machine_add_device(m, device) < 0))
         ret = drive_error(why, "--drive %s: %s", spec, vmm_get_error());
     free(device);
     free(full);
-    free(rest);
-    free(base);
-    free(iface);
-    free(id);
+    free(parts.drive);
+    free(parts.device);
+    free(parts.iface);
+    free(parts.id);
     return ret;
 }
 
