@@ -48,10 +48,33 @@ def substitute(items, paths):
     return out
 
 
+def compare_images(test, paths):
+    """test["image_compare"]: {name: [qemu-io commands]} builds a raw
+    reference of the image's size from those commands; the whole image must
+    then compare equal to it (qemu-img compare): nothing stray anywhere."""
+    problems = []
+    for name, commands in test.get("image_compare", {}).items():
+        path, fmt = paths[name], test["images"][name]["format"]
+        ref = path + ".expected"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "raw", ref, test["images"][name]["size"]],
+                       check=True)
+        for c in commands:
+            subprocess.run(["qemu-io", "-f", "raw", "-c", c, ref], check=True,
+                           stdout=subprocess.DEVNULL)
+        proc = subprocess.run(["qemu-img", "compare", "-f", fmt, "-F", "raw", path, ref],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            problems.append(f"image {name} differs from the expected content: {proc.stdout.strip()}")
+        else:
+            print(f"image compare ok: {name} = {' ; '.join(commands)}")
+    return problems
+
+
 def check_images(test, paths):
     """Run test["image_checks"] (commands such as qemu-io -r -c 'read -P ..'
-    or qemu-img check); each must exit 0 without a failed verification."""
-    problems = []
+    or qemu-img check); each must exit 0 without a failed verification;
+    then test["image_compare"]."""
+    problems = compare_images(test, paths)
     for cmd in test.get("image_checks", []):
         cmd = substitute(cmd, paths)
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
