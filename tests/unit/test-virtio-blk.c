@@ -12,6 +12,7 @@
 #include "devices/virtio/virtqueue.h"
 #include "libvmm/block.h"
 #include "machine/memory.h"
+#include "vq-fixture.h"
 #include "util/util.h"
 
 #define RAM    (4u << 20)
@@ -34,13 +35,7 @@ struct fixture {
 static int setup(void **state)
 {
     struct fixture *f = calloc(1, sizeof(*f));
-    assert_int_equal(guest_memory_init(&f->mem, RAM, 0), 0);
-    virtqueue_init(&f->vq, &f->mem, 256);
-    f->vq.size = QSIZE;
-    f->vq.desc_gpa = DESC;
-    f->vq.avail_gpa = AVAIL;
-    f->vq.used_gpa = USED;
-    assert_int_equal(virtqueue_enable(&f->vq), 0);
+    vq_fixture_start(&f->mem, &f->vq, RAM, QSIZE, DESC, AVAIL, USED, false);
     f->lim = (struct virtio_blk_limits){
         .capacity = 2048, .seg_max = 4, .size_max = 64 * 1024, .max_discard_sectors = 256,
         .max_write_zeroes_sectors = 256, .discard = true, .flush = true, .serial = "disk-1",
@@ -52,8 +47,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fixture *f = *state;
-    virtqueue_release(&f->vq);
-    guest_memory_destroy(&f->mem);
+    vq_fixture_stop(&f->mem, &f->vq);
     free(f);
     return 0;
 }
