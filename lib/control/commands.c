@@ -210,15 +210,6 @@ static JsonNode *cmd_query_cpus_fast(struct control *ctl, JsonObject *args, stru
     return array_node(arr);
 }
 
-/* No block devices exist yet: QEMU's list of block backends is empty too
- * when nodes added with blockdev-add are not attached to a device. */
-static JsonNode *cmd_query_block(struct control *ctl, JsonObject *args, struct qmp_result *r)
-{
-    (void)ctl;
-    (void)args;
-    (void)r;
-    return array_node(json_array_new());
-}
 
 static JsonNode *cmd_query_pci(struct control *ctl, JsonObject *args, struct qmp_result *r)
 {
@@ -242,6 +233,38 @@ static int add_named_node(void *opaque, const struct vmm_block_node_info *n)
     json_object_set_object_member(o, "image", image);
     json_array_add_object_element(opaque, o);
     return 0;
+}
+
+/* query-block: the drives devices use, as QEMU lists a device's backend
+ * (nodes no device uses are not listed, as in QEMU). */
+static int add_attached_node(void *opaque, const struct vmm_block_node_info *n)
+{
+    if (!n->device)
+        return 0;
+    JsonArray *named = json_array_new();
+    add_named_node(named, n);
+    JsonObject *o = json_object_new();
+    char *qdev = g_strdup_printf("/machine/peripheral/%s/virtio-backend", n->device);
+    json_object_set_string_member(o, "device", "");
+    json_object_set_string_member(o, "qdev", qdev);
+    json_object_set_boolean_member(o, "locked", false);
+    json_object_set_boolean_member(o, "removable", false);
+    json_object_set_string_member(o, "type", "unknown");
+    json_object_set_object_member(o, "inserted",
+                                  json_object_ref(json_array_get_object_element(named, 0)));
+    json_array_add_object_element(opaque, o);
+    json_array_unref(named);
+    g_free(qdev);
+    return 0;
+}
+
+static JsonNode *cmd_query_block(struct control *ctl, JsonObject *args, struct qmp_result *r)
+{
+    (void)args;
+    (void)r;
+    JsonArray *arr = json_array_new();
+    vmm_machine_list_block_nodes(ctl->m, add_attached_node, arr);
+    return array_node(arr);
 }
 
 static JsonNode *cmd_query_named_block_nodes(struct control *ctl, JsonObject *args,

@@ -254,9 +254,11 @@ LIBVMM_EXPORT int vmm_machine_list_block_nodes(vmm_machine *m, vmm_block_node_fn
     g_mutex_lock(&m->drives_lock);
     for (GList *l = m->drives; l; l = l->next) {
         const struct machine_drive *d = l->data;
+        const struct device *user = drive_user(m, d);
         struct vmm_block_node_info info = {
             .size = sizeof(info), .name = d->id, .driver = d->driver,
             .filename = d->filename, .read_only = d->read_only, .block = d->blk,
+            .device = user ? (user->id ? user->id : user->cls->name) : NULL,
         };
         if (fn(user_data, &info))
             break;

@@ -36,8 +36,10 @@ def test_add_drive_lists_it_as_a_block_node(image):
         m.add_drive(f"file={image},format=qcow2,id=hd0,cache=writethrough,aio=threads,"
                     "discard=unmap")
         nodes = m.block_nodes()
-        assert [(n.name, n.driver, n.filename, n.read_only) for n in nodes] == \
-            [("hd0", "qcow2", image, False)]
+        assert [(n.name, n.driver, n.filename, n.read_only, n.device) for n in nodes] == \
+            [("hd0", "qcow2", image, False, None)]
+        m.add_device("virtio-blk-pci,drive=hd0")
+        assert [n.device for n in m.block_nodes()] == ["virtio-blk-pci"]
 
 
 @pytest.mark.parametrize("spec, words", [
@@ -254,9 +256,13 @@ def test_blockdev_add_node_serves_as_a_drive(tmp_path, image):
             with pytest.raises(libvmm.QMPError) as e:
                 qmp.command("blockdev-del", node_name="n0")
             assert "n0" in e.value.desc and "disk0" in e.value.desc
+            assert qmp.command("query-block")[0]["inserted"]["node-name"] == "n0"
             m.start()
+            blocks = qmp.command("query-block")
             m.wait(timeout=120)
         status = m.exit_code & 0xff
+    assert len(blocks) == 1 and blocks[0]["qdev"] == "/machine/peripheral/disk0/virtio-backend"
+    assert blocks[0]["inserted"]["drv"] == "qcow2" and blocks[0]["inserted"]["file"] == image
     text = b"".join(console).decode(errors="replace")
     assert "virtio-blk: serial 'qmpnode'" in text and "virtio-blk: ok" in text, text
     assert "virtio-blk: discarded range: 8192 bytes of 0x00" in text   # discard=unmap took

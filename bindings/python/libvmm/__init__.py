@@ -164,7 +164,7 @@ Event.__doc__ = "One machine event; name is QMP's (STOP, RESUME, SHUTDOWN, RESET
 
 VcpuInfo = collections.namedtuple("VcpuInfo", "index thread_id")
 DeviceInfo = collections.namedtuple("DeviceInfo", "id type properties platform realized")
-BlockNodeInfo = collections.namedtuple("BlockNodeInfo", "name driver filename read_only")
+BlockNodeInfo = collections.namedtuple("BlockNodeInfo", "name driver filename read_only device")
 
 _STATES = {0: "created", 1: "running", 2: "paused", 3: "ended"}
 _EXIT_REASONS = {0: None, 1: "poweroff", 2: "reset", 3: "test", 4: "error", 5: "stopped"}
@@ -352,7 +352,7 @@ class Machine(_Resource):
         @ffi.callback("int(void *, const struct vmm_block_node_info *)")
         def collect(_data, info):
             out.append(BlockNodeInfo(_text(info.name), _text(info.driver), _text(info.filename),
-                                     bool(info.read_only)))
+                                     bool(info.read_only), _text(info.device)))
             return 0
         _check(lib.vmm_machine_list_block_nodes(self.handle, collect, ffi.NULL))
         return out

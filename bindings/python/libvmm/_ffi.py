@@ -206,6 +206,7 @@ struct vmm_block_node_info {
     const char *filename;
     int read_only;
     vmm_block *block;
+    const char *device;
 };
 typedef int (*vmm_block_node_fn)(void *user_data, const struct vmm_block_node_info *info);
 int vmm_machine_list_block_nodes(vmm_machine *m, vmm_block_node_fn fn, void *user_data);

@@ -87,6 +87,8 @@ struct vmm_block_node_info {
     const char *filename;
     int read_only;
     vmm_block *block;              /* the open image; owned by the machine */
+    const char *device;            /* the device using it (drive=): its id, or its type
+                                      when it has none; NULL when no device does */
 };
 
 /* Called once per node; return non-zero to stop the walk.  It runs with the
