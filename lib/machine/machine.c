@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include "devices/acpi-pm.h"
 #include "devices/device.h"
+#include "machine/drives.h"
 #include "introspect.h"
 #include "machine/machine.h"
 
@@ -280,6 +281,15 @@ static const char *event_name(enum vmm_event_type type)
     return (unsigned)type < VMM_ARRAY_SIZE(names) ? names[type] : "UNKNOWN";
 }
 
+static void deliver_event(vmm_machine *m, const struct vmm_event *ev)
+{
+    pthread_mutex_lock(&m->event_lock);
+    if (m->event_fn)
+        m->event_fn(m->event_data, ev);
+    machine_call_listeners(m, ev);
+    pthread_mutex_unlock(&m->event_lock);
+}
+
 void machine_emit(vmm_machine *m, enum vmm_event_type type, int guest, const char *reason,
                   const char *device, const char *message)
 {
@@ -292,11 +302,22 @@ void machine_emit(vmm_machine *m, enum vmm_event_type type, int guest, const cha
         .seconds = now.tv_sec, .microseconds = now.tv_nsec / 1000,
         .guest = guest, .reason = reason, .device = device, .message = message,
     };
-    pthread_mutex_lock(&m->event_lock);
-    if (m->event_fn)
-        m->event_fn(m->event_data, &ev);
-    machine_call_listeners(m, &ev);
-    pthread_mutex_unlock(&m->event_lock);
+    deliver_event(m, &ev);
+}
+
+void machine_emit_block_io_error(vmm_machine *m, const char *device, const char *node,
+                                 const char *operation, const char *action, bool nospace,
+                                 const char *reason)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    struct vmm_event ev = {
+        .size = sizeof(ev), .type = VMM_EVENT_BLOCK_IO_ERROR,
+        .name = event_name(VMM_EVENT_BLOCK_IO_ERROR), .seconds = now.tv_sec,
+        .microseconds = now.tv_nsec / 1000, .device = device, .message = reason,
+        .node_name = node, .operation = operation, .action = action, .nospace = nospace,
+    };
+    deliver_event(m, &ev);
 }
 
 /* ---- ending, pausing, resetting --------------------------------------- */
@@ -772,6 +793,7 @@ LIBVMM_EXPORT void vmm_machine_free(vmm_machine *m)
     if (m->event_free)
         m->event_free(m->event_data);
     machine_release_extras(m);
+    machine_drives_free(m);   /* after the devices that used them */
     vmm_props_release(machine_props, &m->cfg);
     pthread_mutex_destroy(&m->event_lock);
     pthread_mutex_destroy(&m->transition_lock);

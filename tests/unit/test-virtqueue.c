@@ -11,6 +11,7 @@
 #include "devices/virtio/virtio.h"
 #include "devices/virtio/virtqueue.h"
 #include "machine/memory.h"
+#include "vq-fixture.h"
 #include "state-check.h"
 #include "util/util.h"
 
@@ -30,14 +31,7 @@ struct fixture {
 static int setup(void **state)
 {
     struct fixture *f = calloc(1, sizeof(*f));
-    assert_int_equal(guest_memory_init(&f->mem, RAM, 0), 0);
-    virtqueue_init(&f->vq, &f->mem, 256);
-    f->vq.size = QSIZE;
-    f->vq.desc_gpa = DESC;
-    f->vq.avail_gpa = AVAIL;
-    f->vq.used_gpa = USED;
-    f->vq.indirect = true;
-    assert_int_equal(virtqueue_enable(&f->vq), 0);
+    vq_fixture_start(&f->mem, &f->vq, RAM, QSIZE, DESC, AVAIL, USED, true);
     *state = f;
     return 0;
 }
@@ -45,8 +39,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fixture *f = *state;
-    virtqueue_release(&f->vq);
-    guest_memory_destroy(&f->mem);
+    vq_fixture_stop(&f->mem, &f->vq);
     free(f);
     return 0;
 }
