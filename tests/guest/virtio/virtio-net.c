@@ -1,0 +1,540 @@
+/* virtio-net: talk to the Linux network stack on the host side of a TAP.
+ * The guest is 10.0.2.15, the host 10.0.2.1: ARP request → the kernel's
+ * reply (the guest answers the kernel's ARP requests too), ICMP echo with
+ * a payload → the echo reply (checksums and payload checked), and a UDP
+ * datagram sent with checksum offload (NEEDS_CSUM, csum_start/offset) that
+ * the host's UDP socket must receive.
+ * cmdline: transport=pci|mmio; mrg=off (no MRG_RXBUF: 2 KiB buffers; else
+ * 256-byte buffers so the echo reply spans several); mq=on (two queue
+ * pairs: VQ_PAIRS_SET 2, send on pair 1, receive on both); evil=on (break
+ * the virtio-net rules: each must end in NEEDS_RESET, then work again);
+ * size=N (ICMP payload bytes, default 600); udp_port=N (default 9999). */
+#include "vguest.h"
+
+#define VEC_QUEUE  0x28
+#define VEC_CONFIG 0x29
+#define VEC_LINE   0x2a
+#define WAIT_MS    8000
+
+#define F_CSUM       0
+#define F_MAC        5
+#define F_MRG_RXBUF  15
+#define F_STATUS     16
+#define F_CTRL_VQ    17
+#define F_CTRL_RX    18
+#define F_MQ         22
+
+#define HDR_LEN 12
+#define NEEDS_CSUM 1
+
+struct net_hdr {
+    uint8_t flags, gso_type;
+    uint16_t hdr_len, gso_size, csum_start, csum_offset, num_buffers;
+};
+
+static struct vdev dev;
+static bool mmio, mrg, mq;
+static volatile unsigned queue_irqs, config_irqs;
+static uint8_t mac[6], host_mac[6];
+static const uint8_t guest_ip[4] = { 10, 0, 2, 15 }, host_ip[4] = { 10, 0, 2, 1 };
+
+/* Queues: rx0, tx0, rx1, tx1 and the control queue, each its own rings. */
+#define NQ 5
+static struct vq_desc descs[NQ][VQ_SIZE] __attribute__((aligned(16)));
+static struct vq_avail avails[NQ] __attribute__((aligned(4)));
+static struct vq_used useds[NQ] __attribute__((aligned(4096)));
+static struct vq queues[NQ];
+enum { RX0, TX0, RX1, TX1, CTRL };
+
+#define RXBUF_MAX 2048
+static uint8_t rxbufs[2][VQ_SIZE][RXBUF_MAX] __attribute__((aligned(64)));
+static unsigned rxbuf_len;
+static uint8_t txbuf[2048] __attribute__((aligned(64)));
+static uint8_t frame[4096];          /* a received frame, reassembled */
+
+static void on_queue(struct interrupt_frame *f) { (void)f; queue_irqs++; x2apic_eoi(); }
+static void on_config(struct interrupt_frame *f) { (void)f; config_irqs++; x2apic_eoi(); }
+static void on_line(struct interrupt_frame *f)
+{
+    (void)f;
+    uint8_t isr = vdev_isr(&dev);
+    if (isr & 1)
+        queue_irqs++;
+    if (isr & 2)
+        config_irqs++;
+    x2apic_eoi();
+}
+
+/* ---- config, queues ----------------------------------------------------------- */
+
+static uint64_t config_base(void)
+{
+    return mmio ? dev.base + 0x100 : dev.devcfg;
+}
+
+static uint16_t config16(unsigned off)
+{
+    return (uint16_t)(mmio_read8(config_base() + off) | mmio_read8(config_base() + off + 1) << 8);
+}
+
+static void queue_init(unsigned slot, unsigned index, uint16_t vector)
+{
+    struct vq *vq = &queues[slot];
+    vq->desc = descs[slot];
+    vq->avail = &avails[slot];
+    vq->used = &useds[slot];
+    if (!vdev_setup_queue(&dev, index, vq, VQ_SIZE, vector))
+        guest_fail("queue %u setup failed", index);
+}
+
+static void rx_post(unsigned pair, unsigned slot_in_ring)
+{
+    struct vq *vq = &queues[pair ? RX1 : RX0];
+    vq->desc[slot_in_ring] = (struct vq_desc){ (uint64_t)(uintptr_t)rxbufs[pair][slot_in_ring],
+                                               rxbuf_len, VIRTQ_DESC_F_WRITE, 0 };
+    vq_post(vq, (uint16_t)slot_in_ring);
+}
+
+static void rx_fill(unsigned pair, unsigned rx_index)
+{
+    for (unsigned i = 0; i < VQ_SIZE; i++)
+        rx_post(pair, i);
+    vdev_notify(&dev, rx_index);
+}
+
+static uint16_t vector_for_queues(void)
+{
+    return mmio ? 0xffff : 1;
+}
+
+static void setup_interrupts(void)
+{
+    if (mmio) {
+        if (dev.gsi < 0 || !ioapic_route_level((unsigned)dev.gsi, VEC_LINE))
+            guest_fail("virtio-mmio gsi %d is not on the first IOAPIC", dev.gsi);
+        idt_set_handler(VEC_LINE, on_line);
+        printf("virtio-net: interrupts: IOAPIC gsi %d level -> 0x%x\n", dev.gsi, VEC_LINE);
+        return;
+    }
+    if (dev.msix_vectors < 2)
+        guest_fail("need 2 MSI-X vectors, have %u", dev.msix_vectors);
+    idt_set_handler(VEC_QUEUE, on_queue);
+    idt_set_handler(VEC_CONFIG, on_config);
+    vdev_msix_vector(&dev, 0, VEC_CONFIG, x2apic_id());
+    vdev_msix_vector(&dev, 1, VEC_QUEUE, x2apic_id());
+    vdev_msix_enable(&dev, true);
+    vdev_config_vector(&dev, 0);
+    printf("virtio-net: interrupts: MSI-X config -> 0x%x, queues -> 0x%x\n", VEC_CONFIG, VEC_QUEUE);
+}
+
+static unsigned ctrl_index(uint16_t max_pairs)
+{
+    return (dev.features & (1ull << F_MQ)) ? 2u * max_pairs : 2u;
+}
+
+/* Negotiate, read the config, set up the queues, DRIVER_OK. */
+static void start(uint64_t want)
+{
+    if (!vdev_negotiate(&dev, want))
+        guest_fail("feature negotiation failed");
+    setup_interrupts();
+    uint16_t max_pairs = (dev.features & (1ull << F_MQ)) ? config16(8) : 1;
+    uint16_t v = vector_for_queues();
+    queue_init(RX0, 0, v);
+    queue_init(TX0, 1, v);
+    if (dev.features & (1ull << F_MQ)) {
+        queue_init(RX1, 2, v);
+        queue_init(TX1, 3, v);
+    }
+    if (dev.features & (1ull << F_CTRL_VQ))
+        queue_init(CTRL, ctrl_index(max_pairs), v);
+    vdev_set_status(&dev, STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    if (vdev_status(&dev) & STATUS_NEEDS_RESET)
+        guest_fail("device needs reset right after DRIVER_OK");
+}
+
+static bool wait_used(struct vq *vq, uint32_t *id, uint32_t *len, unsigned ms)
+{
+    irq_enable();
+    bool ok = vq_wait_used(vq, id, len, ms);
+    irq_disable();
+    return ok;
+}
+
+/* ---- control queue --------------------------------------------------------------- */
+
+static uint8_t ctrl_cmd[16], ctrl_ack;
+
+static uint8_t ctrl(uint8_t cls, uint8_t cmd, const void *data, unsigned len)
+{
+    struct vq *vq = &queues[CTRL];
+    ctrl_cmd[0] = cls;
+    ctrl_cmd[1] = cmd;
+    memcpy(ctrl_cmd + 2, data, len);
+    ctrl_ack = 0xee;
+    vq->desc[0] = (struct vq_desc){ (uint64_t)(uintptr_t)ctrl_cmd, 2 + len, VIRTQ_DESC_F_NEXT, 1 };
+    vq->desc[1] = (struct vq_desc){ (uint64_t)(uintptr_t)&ctrl_ack, 1, VIRTQ_DESC_F_WRITE, 0 };
+    vq_post(vq, 0);
+    vdev_notify(&dev, ctrl_index(config16(8)));
+    uint32_t id, l;
+    if (!wait_used(vq, &id, &l, WAIT_MS))
+        guest_fail("control command %u/%u: no answer", cls, cmd);
+    return ctrl_ack;
+}
+
+/* ---- frames ---------------------------------------------------------------------- */
+
+static uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+
+static uint32_t sum_add(uint32_t sum, const uint8_t *p, unsigned len)
+{
+    for (unsigned i = 0; i + 1 < len; i += 2)
+        sum += (uint32_t)p[i] << 8 | p[i + 1];
+    if (len & 1)
+        sum += (uint32_t)p[len - 1] << 8;
+    return sum;
+}
+
+static uint16_t sum_fold(uint32_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)sum;
+}
+
+static uint16_t inet_csum(const uint8_t *p, unsigned len)
+{
+    return (uint16_t)~sum_fold(sum_add(0, p, len));
+}
+
+static unsigned eth(uint8_t *f, const uint8_t *dst, uint16_t type)
+{
+    memcpy(f, dst, 6);
+    memcpy(f + 6, mac, 6);
+    put16(f + 12, type);
+    return 14;
+}
+
+static unsigned ipv4(uint8_t *p, uint8_t proto, unsigned payload)
+{
+    static uint16_t ident = 1;
+    memset(p, 0, 20);
+    p[0] = 0x45;
+    put16(p + 2, (uint16_t)(20 + payload));
+    put16(p + 4, ident++);
+    p[8] = 64;
+    p[9] = proto;
+    memcpy(p + 12, guest_ip, 4);
+    memcpy(p + 16, host_ip, 4);
+    put16(p + 10, inet_csum(p, 20));
+    return 20;
+}
+
+/* Send one frame (already in txbuf after the header) on pair `pair`. */
+static void send(unsigned pair, unsigned len, const struct net_hdr *h)
+{
+    struct vq *vq = &queues[pair ? TX1 : TX0];
+    memset(txbuf, 0, HDR_LEN);
+    if (h)
+        memcpy(txbuf, h, HDR_LEN);
+    vq->desc[0] = (struct vq_desc){ (uint64_t)(uintptr_t)txbuf, HDR_LEN + len, 0, 0 };
+    vq_post(vq, 0);
+    vdev_notify(&dev, pair ? 3 : 1);
+    uint32_t id, l;
+    if (!wait_used(vq, &id, &l, WAIT_MS))
+        guest_fail("transmit on pair %u: not completed", pair);
+}
+
+static unsigned arp(uint8_t *f, uint16_t op, const uint8_t *tha, const uint8_t *tpa)
+{
+    static const uint8_t bcast[6] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
+    unsigned o = eth(f, op == 1 ? bcast : tha, 0x0806);
+    put16(f + o, 1);
+    put16(f + o + 2, 0x0800);
+    f[o + 4] = 6;
+    f[o + 5] = 4;
+    put16(f + o + 6, op);
+    memcpy(f + o + 8, mac, 6);
+    memcpy(f + o + 14, guest_ip, 4);
+    memcpy(f + o + 18, tha, 6);
+    memcpy(f + o + 24, tpa, 4);
+    return o + 28;
+}
+
+/* Take one received frame (all its buffers) from RX queue `slot`, copy it
+ * to `frame`, re-post the buffers.  Returns its length, 0 when none. */
+static unsigned take_frame(unsigned slot)
+{
+    struct vq *vq = &queues[slot];
+    unsigned pair = slot == RX1, index = pair ? 2 : 0;
+    uint32_t id, len;
+    if (*(volatile uint16_t *)&vq->used->idx == vq->last_used || !vq_wait_used(vq, &id, &len, 1))
+        return 0;
+    if (id >= VQ_SIZE || len < HDR_LEN || len > rxbuf_len)
+        guest_fail("RX used entry id %u len %u", id, len);
+    struct net_hdr h;
+    memcpy(&h, rxbufs[pair][id], HDR_LEN);
+    unsigned nbuf = mrg ? h.num_buffers : 1, total = len - HDR_LEN;
+    if (!nbuf || nbuf > VQ_SIZE)
+        guest_fail("RX num_buffers %u", nbuf);
+    memcpy(frame, rxbufs[pair][id] + HDR_LEN, total);
+    rx_post(pair, id);
+    for (unsigned b = 1; b < nbuf; b++) {
+        if (!vq_wait_used(vq, &id, &len, 1000) || id >= VQ_SIZE || len > rxbuf_len ||
+            total + len > sizeof(frame))
+            guest_fail("RX buffer %u of %u missing or bad", b + 1, nbuf);
+        memcpy(frame + total, rxbufs[pair][id], len);
+        total += len;
+        rx_post(pair, id);
+    }
+    vdev_notify(&dev, index);
+    if (nbuf > 1)
+        printf("virtio-net: a %u-byte frame arrived in %u merged buffers\n", total, nbuf);
+    return total;
+}
+
+/* Answer the kernel's ARP requests for our address. */
+static void answer_arp(unsigned len)
+{
+    if (len < 42 || be16(frame + 12) != 0x0806 || be16(frame + 20) != 1 ||
+        memcmp(frame + 38, guest_ip, 4))
+        return;
+    uint8_t sha[6], spa[4];
+    memcpy(sha, frame + 22, 6);
+    memcpy(spa, frame + 28, 4);
+    unsigned n = arp(txbuf + HDR_LEN, 2, sha, spa);
+    send(0, n, NULL);
+    printf("virtio-net: answered the host's ARP request\n");
+}
+
+typedef bool (*frame_match)(unsigned len);
+
+/* Wait for a frame `match` accepts, on either RX queue. */
+static unsigned receive(frame_match match, const char *what)
+{
+    for (unsigned t = 0; t < WAIT_MS * 10; t++) {
+        for (unsigned s = 0; s < (mq ? 2u : 1u); s++) {
+            unsigned len;
+            while ((len = take_frame(s ? RX1 : RX0)) != 0) {
+                if (match(len)) {
+                    if (s)
+                        printf("virtio-net: %s came on queue pair 1\n", what);
+                    return len;
+                }
+                answer_arp(len);
+            }
+        }
+        irq_enable();
+        udelay(100);
+        irq_disable();
+    }
+    guest_fail("%s: nothing within %u ms", what, WAIT_MS);
+}
+
+static bool is_arp_reply(unsigned len)
+{
+    return len >= 42 && be16(frame + 12) == 0x0806 && be16(frame + 20) == 2 &&
+           !memcmp(frame + 28, host_ip, 4) && !memcmp(frame + 32, mac, 6);
+}
+
+static unsigned ping_size;
+
+static bool is_echo_reply(unsigned len)
+{
+    const uint8_t *ip = frame + 14, *icmp = frame + 34;
+    return len >= 42 + ping_size && be16(frame + 12) == 0x0800 && ip[9] == 1 &&
+           !memcmp(ip + 12, host_ip, 4) && icmp[0] == 0 && be16(icmp + 4) == 0x4e54;
+}
+
+static void ping(unsigned pair, uint16_t seq)
+{
+    uint8_t *f = txbuf + HDR_LEN;
+    unsigned o = eth(f, host_mac, 0x0800);
+    o += ipv4(f + o, 1, 8 + ping_size);
+    uint8_t *icmp = f + o;
+    memset(icmp, 0, 8);
+    icmp[0] = 8;
+    put16(icmp + 4, 0x4e54);
+    put16(icmp + 6, seq);
+    for (unsigned i = 0; i < ping_size; i++)
+        icmp[8 + i] = (uint8_t)(i * 7 + seq);
+    put16(icmp + 2, inet_csum(icmp, 8 + ping_size));
+    send(pair, o + 8 + ping_size, NULL);
+    unsigned len = receive(is_echo_reply, "ICMP echo reply");
+    const uint8_t *ip = frame + 14, *r = frame + 34;
+    unsigned ip_len = be16(ip + 2);
+    if (inet_csum(ip, 20) != 0)
+        guest_fail("echo reply: bad IPv4 header checksum");
+    if (ip_len != 28 + ping_size || inet_csum(r, ip_len - 20) != 0)
+        guest_fail("echo reply: IP length %u or ICMP checksum wrong", ip_len);
+    if (be16(r + 6) != seq)
+        guest_fail("echo reply: sequence %u, sent %u", be16(r + 6), seq);
+    for (unsigned i = 0; i < ping_size; i++)
+        if (r[8 + i] != (uint8_t)(i * 7 + seq))
+            guest_fail("echo reply: payload byte %u differs", i);
+    printf("virtio-net: pair %u: ICMP echo reply seq %u, %u payload bytes match (frame %u bytes)\n",
+           pair, seq, ping_size, len);
+}
+
+/* UDP with the checksum left to the device (NEEDS_CSUM). */
+static void udp_offloaded(uint16_t port)
+{
+    static const char msg[] = "libvmm-virtio-net-csum-offload";
+    unsigned plen = sizeof(msg) - 1;
+    uint8_t *f = txbuf + HDR_LEN;
+    unsigned o = eth(f, host_mac, 0x0800);
+    o += ipv4(f + o, 17, 8 + plen);
+    uint8_t *udp = f + o;
+    put16(udp, 40000);
+    put16(udp + 2, port);
+    put16(udp + 4, (uint16_t)(8 + plen));
+    memcpy(udp + 8, msg, plen);
+    /* The pseudo-header sum goes in the checksum field, not inverted. */
+    uint32_t s = sum_add(0, guest_ip, 4);
+    s = sum_add(s, host_ip, 4);
+    s += 17 + 8 + plen;
+    put16(udp + 6, sum_fold(s));
+    struct net_hdr h = { NEEDS_CSUM, 0, 0, 0, (uint16_t)o, 6, 0 };
+    send(0, o + 8 + plen, &h);
+    printf("virtio-net: sent UDP to port %u with NEEDS_CSUM (csum_start %u, offset 6)\n", port, o);
+}
+
+/* ---- malicious driver ---------------------------------------------------------------- */
+
+static void expect_needs_reset(const char *what)
+{
+    for (unsigned t = 0; t < WAIT_MS * 10 && !(vdev_status(&dev) & STATUS_NEEDS_RESET); t++)
+        udelay(100);
+    if (!(vdev_status(&dev) & STATUS_NEEDS_RESET))
+        guest_fail("%s: no NEEDS_RESET", what);
+    printf("evil: %s: NEEDS_RESET\n", what);
+}
+
+static void evil(uint64_t want)
+{
+    /* 1: a TX chain shorter than the header. */
+    start(want);
+    queues[TX0].desc[0] = (struct vq_desc){ (uint64_t)(uintptr_t)txbuf, 6, 0, 0 };
+    vq_post(&queues[TX0], 0);
+    vdev_notify(&dev, 1);
+    expect_needs_reset("transmit chain shorter than the header");
+    /* 2: an RX buffer smaller than the header, then a frame arrives. */
+    start(want);
+    queues[RX0].desc[0] = (struct vq_desc){ (uint64_t)(uintptr_t)rxbufs[0][0], 8,
+                                            VIRTQ_DESC_F_WRITE, 0 };
+    vq_post(&queues[RX0], 0);
+    vdev_notify(&dev, 0);
+    send(0, arp(txbuf + HDR_LEN, 1, (const uint8_t[6]){ 0 }, host_ip), NULL);
+    expect_needs_reset("receive buffer smaller than the header");
+    /* 3: checksum offload the driver did not negotiate. */
+    start(want & ~(1ull << F_CSUM));
+    struct net_hdr h = { NEEDS_CSUM, 0, 0, 0, 14, 6, 0 };
+    memcpy(txbuf, &h, HDR_LEN);
+    queues[TX0].desc[0] = (struct vq_desc){ (uint64_t)(uintptr_t)txbuf, HDR_LEN + 60, 0, 0 };
+    vq_post(&queues[TX0], 0);
+    vdev_notify(&dev, 1);
+    expect_needs_reset("NEEDS_CSUM without VIRTIO_NET_F_CSUM");
+    /* 4: a control request without a writable ack byte. */
+    start(want);
+    queues[CTRL].desc[0] = (struct vq_desc){ (uint64_t)(uintptr_t)ctrl_cmd, 3, 0, 0 };
+    vq_post(&queues[CTRL], 0);
+    vdev_notify(&dev, ctrl_index(1));
+    expect_needs_reset("control request without an ack buffer");
+}
+
+/* ---- main ------------------------------------------------------------------------------ */
+
+static void read_mac(void)
+{
+    for (unsigned i = 0; i < 6; i++)
+        mac[i] = mmio_read8(config_base() + i);
+    printf("virtio-net: mac %02x:%02x:%02x:%02x:%02x:%02x, link %s\n", mac[0], mac[1], mac[2],
+           mac[3], mac[4], mac[5],
+           !(dev.features & (1ull << F_STATUS)) ? "unknown" : (config16(6) & 1) ? "up" : "down");
+}
+
+static void resolve_host(void)
+{
+    send(0, arp(txbuf + HDR_LEN, 1, (const uint8_t[6]){ 0 }, host_ip), NULL);
+    receive(is_arp_reply, "ARP reply");
+    memcpy(host_mac, frame + 22, 6);
+    printf("virtio-net: ARP: 10.0.2.1 is at %02x:%02x:%02x:%02x:%02x:%02x\n", host_mac[0],
+           host_mac[1], host_mac[2], host_mac[3], host_mac[4], host_mac[5]);
+}
+
+static void use_two_pairs(void)
+{
+    uint16_t max_pairs = config16(8);
+    if (max_pairs < 2)
+        guest_fail("mq: max_virtqueue_pairs %u", max_pairs);
+    uint16_t pairs = 2;
+    if (ctrl(4, 0, &pairs, 2) != 0)
+        guest_fail("mq: VQ_PAIRS_SET 2 refused");
+    rx_fill(1, 2);
+    printf("virtio-net: mq: %u pairs offered, 2 in use\n", max_pairs);
+}
+
+int main(const struct hvm_start_info *si)
+{
+    (void)si;
+    x2apic_enable();
+    pic_mask_all();
+    mmio = cmdline_is("transport", "mmio");
+    mrg = !cmdline_is("mrg", "off");
+    mq = cmdline_is("mq", "on");
+    ping_size = (unsigned)cmdline_u64("size", 600);
+    if (ping_size > 1400)
+        guest_fail("size=%u: at most 1400", ping_size);
+    if (!mmio)
+        pci_find_ecam();
+    if (mmio ? !vdev_find_mmio(&dev, 1) : !vdev_find_pci(&dev, 1))
+        guest_fail("no virtio-net device on %s", mmio ? "virtio-mmio" : "PCI");
+    uint64_t want = (1ull << F_MAC) | (1ull << F_STATUS) | (1ull << F_CSUM) | (1ull << F_CTRL_VQ) |
+                    (1ull << F_CTRL_RX) | (1ull << VIRTIO_F_EVENT_IDX) |
+                    (mrg ? 1ull << F_MRG_RXBUF : 0) | (mq ? 1ull << F_MQ : 0);
+    rxbuf_len = mrg ? 256 : RXBUF_MAX;
+    if (cmdline_is("evil", "on")) {
+        evil(want);
+        start(want);
+        rx_fill(0, 0);
+        read_mac();
+        resolve_host();
+        printf("virtio-net: works after the resets\nvirtio-net-evil: ok\n");
+        return 0;
+    }
+    start(want);
+    printf("virtio-net: features 0x%lx (mrg_rxbuf %s, csum %s, ctrl_vq %s, mq %s)\n",
+           (unsigned long)dev.features, dev.features & (1ull << F_MRG_RXBUF) ? "yes" : "no",
+           dev.features & (1ull << F_CSUM) ? "yes" : "no",
+           dev.features & (1ull << F_CTRL_VQ) ? "yes" : "no",
+           dev.features & (1ull << F_MQ) ? "yes" : "no");
+    if (mrg != !!(dev.features & (1ull << F_MRG_RXBUF)) || (mq && !(dev.features & (1ull << F_MQ))))
+        guest_fail("the device did not offer what this test needs");
+    read_mac();
+    rx_fill(0, 0);
+    if (dev.features & (1ull << F_CTRL_RX)) {
+        uint8_t on = 1;
+        if (ctrl(0, 0, &on, 1) != 0)
+            guest_fail("control: PROMISC on refused");
+        printf("virtio-net: control: promiscuous mode on: ok\n");
+    }
+    if (mq)
+        use_two_pairs();
+    resolve_host();
+    ping(0, 1);
+    if (mq)
+        ping(1, 2);
+    if (dev.features & (1ull << F_CSUM))
+        udp_offloaded((uint16_t)cmdline_u64("udp_port", 9999));
+    printf("virtio-net: %u queue interrupts, %u config interrupts\n", queue_irqs, config_irqs);
+    if (!queue_irqs)
+        guest_fail("no queue interrupts");
+    if (vdev_status(&dev) & STATUS_NEEDS_RESET)
+        guest_fail("device reports NEEDS_RESET");
+    vdev_reset(&dev);
+    if (!mmio)
+        vdev_msix_enable(&dev, false);
+    printf("virtio-net: ok\n");
+    return 0;
+}
