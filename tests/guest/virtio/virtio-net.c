@@ -153,10 +153,15 @@ static void start(uint64_t want)
         guest_fail("device needs reset right after DRIVER_OK");
 }
 
+/* Wait for a used entry, then (briefly) for its interrupt: the used entry
+ * may be visible before the interrupt arrives. */
 static bool wait_used(struct vq *vq, uint32_t *id, uint32_t *len, unsigned ms)
 {
+    unsigned before = queue_irqs;
     irq_enable();
     bool ok = vq_wait_used(vq, id, len, ms);
+    for (unsigned t = 0; ok && queue_irqs == before && t < 5000; t++)
+        udelay(100);
     irq_disable();
     return ok;
 }
@@ -310,10 +315,11 @@ static void answer_arp(unsigned len)
 
 typedef bool (*frame_match)(unsigned len);
 
-/* Wait for a frame `match` accepts, on either RX queue. */
-static unsigned receive(frame_match match, const char *what)
+/* Wait up to `ms` for a frame `match` accepts, on either RX queue; 0 when
+ * none came. */
+static unsigned try_receive(frame_match match, const char *what, unsigned ms)
 {
-    for (unsigned t = 0; t < WAIT_MS * 10; t++) {
+    for (unsigned t = 0; t < ms * 10; t++) {
         for (unsigned s = 0; s < (mq ? 2u : 1u); s++) {
             unsigned len;
             while ((len = take_frame(s ? RX1 : RX0)) != 0) {
@@ -329,7 +335,15 @@ static unsigned receive(frame_match match, const char *what)
         udelay(100);
         irq_disable();
     }
-    guest_fail("%s: nothing within %u ms", what, WAIT_MS);
+    return 0;
+}
+
+static unsigned receive(frame_match match, const char *what)
+{
+    unsigned len = try_receive(match, what, WAIT_MS);
+    if (!len)
+        guest_fail("%s: nothing within %u ms", what, WAIT_MS);
+    return len;
 }
 
 static bool is_arp_reply(unsigned len)
@@ -454,10 +468,16 @@ static void read_mac(void)
            !(dev.features & (1ull << F_STATUS)) ? "unknown" : (config16(6) & 1) ? "up" : "down");
 }
 
+/* ARP for the host, once a second: the host side may still be setting
+ * up its address (a tap the VMM created). */
 static void resolve_host(void)
 {
-    send(0, arp(txbuf + HDR_LEN, 1, (const uint8_t[6]){ 0 }, host_ip), NULL);
-    receive(is_arp_reply, "ARP reply");
+    unsigned tries = 0;
+    do {
+        if (++tries > 20)
+            guest_fail("ARP reply: none after %u requests", tries - 1);
+        send(0, arp(txbuf + HDR_LEN, 1, (const uint8_t[6]){ 0 }, host_ip), NULL);
+    } while (!try_receive(is_arp_reply, "ARP reply", 1000));
     memcpy(host_mac, frame + 22, 6);
     printf("virtio-net: ARP: 10.0.2.1 is at %02x:%02x:%02x:%02x:%02x:%02x\n", host_mac[0],
            host_mac[1], host_mac[2], host_mac[3], host_mac[4], host_mac[5]);
