@@ -334,3 +334,93 @@ def test_qemu_runs_the_same_guest(ns, machine, cmdline, device, extra):
     ns.tap()
     guest_round_trip(ns, cmdline, machine, "", "",
                      tap_setup=lambda _cmd: run(ns.exec(*qemu_cmd(machine, cmdline, device, extra))))
+
+
+# ---- vmm-run and QMP set_link -----------------------------------------------------------
+
+VMM_RUN = os.path.join(BUILD, "tools", "vmm-run", "vmm-run")
+
+
+def qmp_client_class():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "libvmm_qmp", os.path.join(BUILD, "bindings", "python", "libvmm", "qmp.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.QMPClient
+
+
+def read_until(proc, pattern, seconds=60):
+    """Console lines until one matches; returns all read so far."""
+    seen, deadline = "", time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line
+        if re.search(pattern, line):
+            return seen
+    raise AssertionError(f"no {pattern!r} in:\n{seen}")
+
+
+@pytest.mark.parametrize("machine,device,transport", [
+    ("pc", "virtio-net-pci", "pci"), ("microvm", "virtio-net-device", "mmio")])
+def test_vmm_run_and_qmp_set_link(ns, tmp_path, machine, device, transport):
+    """vmm-run --netdev/--device; QMP set_link takes the link down and up:
+    the guest sees each change through a config interrupt."""
+    ns.tap()
+    qmp_path = str(tmp_path / "qmp.sock")
+    listener = udp_listener(ns, 9999)
+    cmd = ns.exec(VMM_RUN, "--kernel", GUEST, "--machine", machine, "--append",
+                  f"transport={transport} link=watch", "--serial", "stdio",
+                  "--device", "isa-debug-exit,iobase=0xf4,iosize=4",
+                  "--netdev", "tap,id=n0,ifname=tap0",
+                  "--device", f"{device},id=nic0,netdev=n0,mac=52:54:00:ab:cd:ef",
+                  "--qmp", f"unix:{qmp_path},server,nowait")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out = read_until(proc, r"waiting for the link to go down")
+        with qmp_client_class()(qmp_path) as qmp:
+            assert qmp.execute("set_link", {"name": "nic0", "up": False}) == {"return": {}}   # by device id
+            out += read_until(proc, r"waiting for the link to go up")
+            assert qmp.execute("set_link", {"name": "n0", "up": True}) == {"return": {}}     # by netdev id
+            rest, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        listener.kill()
+        listener.wait()
+    out += rest
+    print(out, err)
+    assert proc.returncode == 33
+    for pattern in (r"mac 52:54:00:ab:cd:ef, link up", r"^virtio-net: link down \(config interrupt\)$",
+                    r"^virtio-net: link up \(config interrupt\)$",
+                    r"^virtio-net: pair 0: ICMP echo reply seq 3", r"^virtio-net: ok$"):
+        assert re.search(pattern, out, re.M), pattern
+
+
+def test_qmp_set_link_unknown_name(ns, tmp_path):
+    ns.tap()
+    qmp_path = str(tmp_path / "qmp.sock")
+    proc = subprocess.Popen(ns.exec(VMM_RUN, "--kernel", os.path.join(BUILD, "tests", "guest",
+                                                                      "pio-loop.elf"),
+                                    "--append", "count=100000000", "--serial", "none",
+                                    "--netdev", "tap,id=n0,ifname=tap0",
+                                    "--qmp", f"unix:{qmp_path},server,nowait"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            if os.path.exists(qmp_path):
+                break
+            time.sleep(0.05)
+        with qmp_client_class()(qmp_path) as qmp:
+            reply = qmp.execute("set_link", {"name": "eth7", "up": False})
+            assert "no netdev or NIC named 'eth7'" in reply["error"]["desc"]
+            assert qmp.execute("set_link", {"name": "n0", "up": False}) == {"return": {}}
+            reply = qmp.execute("set_link", {"name": "n0"})
+            assert "up" in reply["error"]["desc"]
+    finally:
+        proc.kill()
+        proc.wait()

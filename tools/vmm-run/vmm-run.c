@@ -30,6 +30,10 @@ static const char usage_text[] =
     "  --serial MODE        stdio (default), file:PATH or none\n"
     "  --device SPEC        add a device: TYPE,key=value,... ('help' lists types,\n"
     "                       'TYPE,help' lists a type's properties)\n"
+    "  --netdev SPEC        add a network backend: tap,id=ID,ifname=NAME|fd=N|fds=A:B\n"
+    "                       [,queues=N][,vnet_hdr=on|off]; NICs use it with\n"
+    "                       --device virtio-net-pci,netdev=ID[,mac=52:54:00:12:34:56]\n"
+    "                       (virtio-net-device on microvm)\n"
     "  --no-reboot          end when the guest resets instead of restarting it\n"
     "  --qmp unix:PATH[,server,nowait]  serve QMP (QEMU's control protocol) there\n"
     "  --log FILE           append this machine's log (events, errors) to FILE\n"
@@ -46,6 +50,8 @@ struct options {
     const char *qmp, *log;
     const char **devices;
     int nr_devices;
+    const char **netdevs;
+    int nr_netdevs;
     bool no_reboot, verbose;
 };
 
@@ -127,7 +133,7 @@ static bool asks_for_help(const char *spec)
 
 enum { OPT_KERNEL = 256, OPT_INITRD, OPT_APPEND, OPT_CPUS, OPT_MEMORY, OPT_CPU_MODEL,
        OPT_MACHINE, OPT_SERIAL, OPT_DEVICE, OPT_NO_REBOOT, OPT_VERBOSE, OPT_VERSION,
-       OPT_QMP, OPT_LOG };
+       OPT_QMP, OPT_LOG, OPT_NETDEV };
 
 static const struct option long_options[] = {
     { "kernel", required_argument, NULL, OPT_KERNEL },
@@ -139,6 +145,7 @@ static const struct option long_options[] = {
     { "machine", required_argument, NULL, OPT_MACHINE },
     { "serial", required_argument, NULL, OPT_SERIAL },
     { "device", required_argument, NULL, OPT_DEVICE },
+    { "netdev", required_argument, NULL, OPT_NETDEV },
     { "no-reboot", no_argument, NULL, OPT_NO_REBOOT },
     { "verbose", no_argument, NULL, OPT_VERBOSE },
     { "version", no_argument, NULL, OPT_VERSION },
@@ -152,6 +159,7 @@ static void parse_options(int argc, char **argv, struct options *o)
 {
     opterr = 0;
     o->devices = calloc((size_t)argc, sizeof(*o->devices));
+    o->netdevs = calloc((size_t)argc, sizeof(*o->netdevs));
     int c;
     while ((c = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
         switch (c) {
@@ -164,6 +172,7 @@ static void parse_options(int argc, char **argv, struct options *o)
         case OPT_MACHINE: o->machine = optarg; break;
         case OPT_SERIAL: o->serial = optarg; break;
         case OPT_DEVICE: o->devices[o->nr_devices++] = optarg; break;
+        case OPT_NETDEV: o->netdevs[o->nr_netdevs++] = optarg; break;
         case OPT_NO_REBOOT: o->no_reboot = true; break;
         case OPT_VERBOSE: o->verbose = true; break;
         case OPT_QMP: o->qmp = optarg; break;
@@ -296,6 +305,9 @@ int main(int argc, char **argv)
     set_property(m, "memory", o.memory);
     set_property(m, "cpu-model", o.cpu_model);
     set_property(m, "reboot", o.no_reboot ? "off" : NULL);
+    for (int i = 0; i < o.nr_netdevs; i++)   /* before the NICs that name them */
+        if (vmm_machine_add_netdev(m, o.netdevs[i]) < 0)
+            die("--netdev %s: %s", o.netdevs[i], vmm_get_error());
     for (int i = 0; i < o.nr_devices; i++)
         if (vmm_machine_add_device(m, o.devices[i]) < 0)
             die_api();
@@ -319,5 +331,6 @@ int main(int argc, char **argv)
     if (!use_stdin)
         vmm_machine_free(m);
     free(o.devices);
+    free(o.netdevs);
     return status;
 }

@@ -414,6 +414,22 @@ static void udp_offloaded(uint16_t port)
     printf("virtio-net: sent UDP to port %u with NEEDS_CSUM (csum_start %u, offset 6)\n", port, o);
 }
 
+/* link=watch: the host turns the link off and on again (QMP set_link);
+ * each change must come with a config interrupt and the new status. */
+static void wait_link(bool up)
+{
+    unsigned before = config_irqs;
+    printf("virtio-net: waiting for the link to go %s\n", up ? "up" : "down");
+    irq_enable();
+    for (unsigned t = 0; t < 600000 && (config_irqs == before || !!(config16(6) & 1) != up); t++)
+        udelay(100);
+    irq_disable();
+    if (!!(config16(6) & 1) != up || config_irqs == before)
+        guest_fail("link %s: status 0x%x, %u config interrupts", up ? "up" : "down", config16(6),
+                   config_irqs - before);
+    printf("virtio-net: link %s (config interrupt)\n", up ? "up" : "down");
+}
+
 /* ---- malicious driver ---------------------------------------------------------------- */
 
 static void expect_needs_reset(const char *what)
@@ -547,6 +563,11 @@ int main(const struct hvm_start_info *si)
         ping(1, 2);
     if (dev.features & (1ull << F_CSUM))
         udp_offloaded((uint16_t)cmdline_u64("udp_port", 9999));
+    if (cmdline_is("link", "watch")) {
+        wait_link(false);
+        wait_link(true);
+        ping(0, 3);
+    }
     printf("virtio-net: %u queue interrupts, %u config interrupts\n", queue_irqs, config_irqs);
     if (!queue_irqs)
         guest_fail("no queue interrupts");
