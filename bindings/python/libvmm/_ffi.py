@@ -206,6 +206,8 @@ struct vmm_block_node_info {
 typedef int (*vmm_block_node_fn)(void *user_data, const struct vmm_block_node_info *info);
 int vmm_machine_list_block_nodes(vmm_machine *m, vmm_block_node_fn fn, void *user_data);
 int vmm_machine_remove_device(vmm_machine *m, const char *id);
+int vmm_machine_add_netdev(vmm_machine *m, const char *spec);
+int vmm_machine_set_link(vmm_machine *m, const char *name, int up);
 int vmm_machine_set_log_callback(vmm_machine *m, vmm_log_fn fn, void *user_data,
                                  vmm_free_fn free_fn, int max_level);
 int vmm_machine_set_log_file(vmm_machine *m, const char *path, int max_level);
