@@ -166,14 +166,10 @@ static bool deliver(struct net_queue *q, const uint8_t *frame, size_t len)
 
 #define RX_BATCH 64   /* frames per wakeup: TX and other devices get a turn */
 
-static gboolean rx_readable(gint fd, GIOCondition cond, gpointer opaque)
+/* The queue is readable: deliver up to RX_BATCH frames. */
+static gboolean rx_frames(struct net_queue *q)
 {
-    (void)fd;
-    (void)cond;
-    struct net_queue *q = opaque;
     struct net_backend *nb = q->nb;
-    if (g_source_is_destroyed(g_main_current_source()))
-        return G_SOURCE_REMOVE;
     for (unsigned i = 0; i < RX_BATCH && q->rx_wanted; i++) {
         ssize_t n = nb->ops->recv(nb, q->index, nb->buf, NET_MAX_FRAME);
         if (n <= 0) {
@@ -188,15 +184,28 @@ static gboolean rx_readable(gint fd, GIOCondition cond, gpointer opaque)
     return G_SOURCE_CONTINUE;
 }
 
-static void start_polling(struct net_queue *q)
+static gboolean tx_room(struct net_queue *q);
+
+/* One callback for both watches of a queue: readable (G_IO_IN) or
+ * writable again (G_IO_OUT). */
+static gboolean queue_fd_ready(gint fd, GIOCondition cond, gpointer opaque)
+{
+    (void)fd;
+    if (g_source_is_destroyed(g_main_current_source()))
+        return G_SOURCE_REMOVE;
+    return (cond & G_IO_OUT) ? tx_room(opaque) : rx_frames(opaque);
+}
+
+/* Watch the queue's fd for `cond` in the I/O thread (nb->lock held). */
+static void watch(struct net_queue *q, GSource **src, GIOCondition cond)
 {
     struct net_backend *nb = q->nb;
     int fd = nb->ops->queue_fd(nb, q->index);
-    if (q->rx_source || fd < 0 || !nb->m->io_context)
+    if (*src || fd < 0 || !nb->m->io_context)
         return;
-    q->rx_source = g_unix_fd_source_new(fd, G_IO_IN);
-    g_source_set_callback(q->rx_source, (GSourceFunc)(void (*)(void))rx_readable, q, NULL);
-    g_source_attach(q->rx_source, nb->m->io_context);
+    *src = g_unix_fd_source_new(fd, cond);
+    g_source_set_callback(*src, (GSourceFunc)(void (*)(void))queue_fd_ready, q, NULL);
+    g_source_attach(*src, nb->m->io_context);
 }
 
 /* In the I/O thread: hand over a held frame, then poll the queue again. */
@@ -218,7 +227,7 @@ static gboolean rx_resume(gpointer opaque)
     }
     pthread_mutex_lock(&nb->lock);
     if (q->rx_wanted && nb->peer_attached)
-        start_polling(q);
+        watch(q, &q->rx_source, G_IO_IN);
     pthread_mutex_unlock(&nb->lock);
     return G_SOURCE_REMOVE;
 }
@@ -253,14 +262,10 @@ void net_backend_rx_stop(struct net_backend *nb, unsigned q)
 
 /* ---- transmit ---------------------------------------------------------------- */
 
-static gboolean tx_writable(gint fd, GIOCondition cond, gpointer opaque)
+/* The host side has room again: the peer retries. */
+static gboolean tx_room(struct net_queue *q)
 {
-    (void)fd;
-    (void)cond;
-    struct net_queue *q = opaque;
     struct net_backend *nb = q->nb;
-    if (g_source_is_destroyed(g_main_current_source()))
-        return G_SOURCE_REMOVE;
     pthread_mutex_lock(&nb->lock);
     destroy_source(&q->tx_source);
     bool attached = nb->peer_attached;
@@ -272,15 +277,9 @@ static gboolean tx_writable(gint fd, GIOCondition cond, gpointer opaque)
 
 static void wait_writable(struct net_queue *q)
 {
-    struct net_backend *nb = q->nb;
-    int fd = nb->ops->queue_fd(nb, q->index);
-    pthread_mutex_lock(&nb->lock);
-    if (!q->tx_source && fd >= 0 && nb->m->io_context) {
-        q->tx_source = g_unix_fd_source_new(fd, G_IO_OUT);
-        g_source_set_callback(q->tx_source, (GSourceFunc)(void (*)(void))tx_writable, q, NULL);
-        g_source_attach(q->tx_source, nb->m->io_context);
-    }
-    pthread_mutex_unlock(&nb->lock);
+    pthread_mutex_lock(&q->nb->lock);
+    watch(q, &q->tx_source, G_IO_OUT);
+    pthread_mutex_unlock(&q->nb->lock);
 }
 
 ssize_t net_backend_send(struct net_backend *nb, unsigned q, const struct iovec *iov, int iovcnt)

@@ -105,6 +105,19 @@ void vdev_msix_enable(struct vdev *d, bool on)
     pci_write32(d->slot, cap, (dword & 0xffff) | (uint32_t)ctrl << 16);
 }
 
+void vdev_msix_config_and_queues(struct vdev *d, uint8_t config_vec, interrupt_handler_t on_config,
+                                 uint8_t queue_vec, interrupt_handler_t on_queue)
+{
+    if (d->msix_vectors < 2)
+        guest_fail("need 2 MSI-X vectors, have %u", d->msix_vectors);
+    idt_set_handler(queue_vec, on_queue);
+    idt_set_handler(config_vec, on_config);
+    vdev_msix_vector(d, 0, config_vec, x2apic_id());
+    vdev_msix_vector(d, 1, queue_vec, x2apic_id());
+    vdev_msix_enable(d, true);
+    vdev_config_vector(d, 0);
+}
+
 void vdev_config_vector(struct vdev *d, uint16_t vector)
 {
     if (d->transport == VT_PCI)

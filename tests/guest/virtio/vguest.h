@@ -91,6 +91,10 @@ uint8_t vdev_isr(struct vdev *d);         /* PCI ISR read / MMIO status + ack */
 void vdev_msix_vector(struct vdev *d, unsigned entry, uint8_t vector, uint32_t apic_id);
 void vdev_msix_enable(struct vdev *d, bool on);
 void vdev_config_vector(struct vdev *d, uint16_t vector);
+/* MSI-X entry 0 (config changes) -> config_vec, entry 1 (for the queues)
+ * -> queue_vec, both to this CPU, handlers installed, MSI-X on. */
+void vdev_msix_config_and_queues(struct vdev *d, uint8_t config_vec, interrupt_handler_t on_config,
+                                 uint8_t queue_vec, interrupt_handler_t on_queue);
 
 /* Rings in static memory for queue slot `i` (0..3). */
 void vq_static(struct vq *vq, unsigned i);

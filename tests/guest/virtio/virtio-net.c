@@ -116,14 +116,7 @@ static void setup_interrupts(void)
         printf("virtio-net: interrupts: IOAPIC gsi %d level -> 0x%x\n", dev.gsi, VEC_LINE);
         return;
     }
-    if (dev.msix_vectors < 2)
-        guest_fail("need 2 MSI-X vectors, have %u", dev.msix_vectors);
-    idt_set_handler(VEC_QUEUE, on_queue);
-    idt_set_handler(VEC_CONFIG, on_config);
-    vdev_msix_vector(&dev, 0, VEC_CONFIG, x2apic_id());
-    vdev_msix_vector(&dev, 1, VEC_QUEUE, x2apic_id());
-    vdev_msix_enable(&dev, true);
-    vdev_config_vector(&dev, 0);
+    vdev_msix_config_and_queues(&dev, VEC_CONFIG, on_config, VEC_QUEUE, on_queue);
     printf("virtio-net: interrupts: MSI-X config -> 0x%x, queues -> 0x%x\n", VEC_CONFIG, VEC_QUEUE);
 }
 
