@@ -190,6 +190,18 @@ def test_mrg_rxbuf_off(ns):
     assert "merged buffers" not in out
 
 
+@pytest.mark.parametrize("transport,machine,device", [
+    ("pci", "pc", "virtio-net-pci"), ("mmio", "microvm", "virtio-net-device")])
+def test_frame_held_until_rx_buffers_come(ns, transport, machine, device):
+    """Flow control: the kernel's ARP reply arrives while the guest has no
+    RX buffer posted; the backend holds it, stops reading, and delivers it
+    when the driver posts buffers and notifies."""
+    ns.tap()
+    guest_round_trip(ns, f"transport={transport} starve=on", machine, "tap,id=n0,ifname=tap0",
+                     f"{device},netdev=n0",
+                     [r"^virtio-net: starve: the ARP reply waited for RX buffers and arrived$"])
+
+
 def test_vnet_hdr_off_checksums_in_software(ns):
     """Without IFF_VNET_HDR the device strips the header and completes the
     guest's NEEDS_CSUM itself: the host must still see a valid UDP sum."""
@@ -327,6 +339,7 @@ def qemu_cmd(machine, cmdline, device, extra=()):
 @pytest.mark.parametrize("machine,cmdline,device,extra", [
     ("q35", "transport=pci", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,romfile=", ()),
     ("q35", "transport=pci mrg=off", "virtio-net-pci,netdev=n0,mrg_rxbuf=off,romfile=", ()),
+    ("q35", "transport=pci starve=on", "virtio-net-pci,netdev=n0,romfile=", ()),
     ("microvm,rtc=on,acpi=on,ioapic2=off", "transport=mmio", "virtio-net-device,netdev=n0",
      ("-global", "virtio-mmio.force-legacy=false")),
 ])

@@ -8,7 +8,9 @@
  * 256-byte buffers so the echo reply spans several); mq=on (two queue
  * pairs: VQ_PAIRS_SET 2, send on pair 1, receive on both); evil=on (break
  * the virtio-net rules: each must end in NEEDS_RESET, then work again);
- * size=N (ICMP payload bytes, default 600); udp_port=N (default 9999). */
+ * starve=on (the ARP reply comes before any RX buffer is posted: the
+ * device must hold it); size=N (ICMP payload bytes, default 600);
+ * udp_port=N (default 9999). */
 #include "vguest.h"
 
 #define VEC_QUEUE  0x28
@@ -477,6 +479,14 @@ static void read_mac(void)
            !(dev.features & (1ull << F_STATUS)) ? "unknown" : (config16(6) & 1) ? "up" : "down");
 }
 
+/* The host's MAC from the ARP reply in `frame`. */
+static void learn_host_mac(void)
+{
+    memcpy(host_mac, frame + 22, 6);
+    printf("virtio-net: ARP: 10.0.2.1 is at %02x:%02x:%02x:%02x:%02x:%02x\n", host_mac[0],
+           host_mac[1], host_mac[2], host_mac[3], host_mac[4], host_mac[5]);
+}
+
 /* ARP for the host, once a second: the host side may still be setting
  * up its address (a tap the VMM created). */
 static void resolve_host(void)
@@ -487,9 +497,22 @@ static void resolve_host(void)
             guest_fail("ARP reply: none after %u requests", tries - 1);
         send(0, arp(txbuf + HDR_LEN, 1, (const uint8_t[6]){ 0 }, host_ip), NULL);
     } while (!try_receive(is_arp_reply, "ARP reply", 1000));
-    memcpy(host_mac, frame + 22, 6);
-    printf("virtio-net: ARP: 10.0.2.1 is at %02x:%02x:%02x:%02x:%02x:%02x\n", host_mac[0],
-           host_mac[1], host_mac[2], host_mac[3], host_mac[4], host_mac[5]);
+    learn_host_mac();
+}
+
+/* starve=on: the ARP reply arrives while no receive buffer is posted; the
+ * device must keep it (the backend holds it and stops reading) and hand it
+ * over once buffers come. */
+static void resolve_host_starved(void)
+{
+    send(0, arp(txbuf + HDR_LEN, 1, (const uint8_t[6]){ 0 }, host_ip), NULL);
+    udelay(500000);
+    if (*(volatile uint16_t *)&queues[RX0].used->idx != 0)
+        guest_fail("starve: a used RX entry without any buffer posted");
+    rx_fill(0, 0);
+    receive(is_arp_reply, "ARP reply held while no RX buffer was posted");
+    learn_host_mac();
+    printf("virtio-net: starve: the ARP reply waited for RX buffers and arrived\n");
 }
 
 static void use_two_pairs(void)
@@ -541,7 +564,9 @@ int main(const struct hvm_start_info *si)
     if (mrg != !!(dev.features & (1ull << F_MRG_RXBUF)) || (mq && !(dev.features & (1ull << F_MQ))))
         guest_fail("the device did not offer what this test needs");
     read_mac();
-    rx_fill(0, 0);
+    bool starve = cmdline_is("starve", "on");
+    if (!starve)
+        rx_fill(0, 0);
     if (dev.features & (1ull << F_CTRL_RX)) {
         uint8_t on = 1;
         if (ctrl(0, 0, &on, 1) != 0)
@@ -550,7 +575,10 @@ int main(const struct hvm_start_info *si)
     }
     if (mq)
         use_two_pairs();
-    resolve_host();
+    if (starve)
+        resolve_host_starved();
+    else
+        resolve_host();
     ping(0, 1);
     if (mq)
         ping(1, 2);
