@@ -187,7 +187,8 @@ static int rx_place(struct virtio_net *n, unsigned q, struct rx_frame *f)
     unsigned count = 0;
     struct vq_chain c;
     do {
-        if (count == vq->size) {
+        if (count == vq->size || count == n->queue_size) {   /* (a loaded state may
+                                                                 claim a bigger ring) */
             unpop(vq, count);  /* the whole ring cannot hold it: drop */
             return -2;
         }
