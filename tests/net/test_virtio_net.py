@@ -111,6 +111,31 @@ def udp_listener(ns, port):
     return p
 
 
+def tcp_listener(ns, port, want):
+    """A TCP server in the namespace that prints how many of the `want`
+    bytes it read and whether they were the guest's pattern."""
+    code = ("import socket,string\n"
+            "s=socket.socket()\n"
+            "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+            f"s.bind(('0.0.0.0',{port}))\n"
+            "s.listen(1)\n"
+            "s.settimeout(100)\n"
+            "print('ready',flush=True)\n"
+            "c,a=s.accept()\n"
+            "c.settimeout(60)\n"
+            "d=b''\n"
+            f"while len(d)<{want}:\n"
+            "    x=c.recv(65536)\n"
+            "    if not x: break\n"
+            "    d+=x\n"
+            "ok=all(d[i]==ord('a')+i%26 for i in range(len(d)))\n"
+            "print(len(d),'pattern-ok' if ok else 'pattern-bad',a[0],flush=True)\n")
+    p = subprocess.Popen(ns.exec("/usr/bin/python3", "-c", code), stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
 def boot_guest_cmd(cmdline, machine, netdev, device, log=True):
     cmd = [BOOT_GUEST, GUEST, "1", "256M", cmdline, str(TIMEOUT), "machine=" + machine,
            "netdev=" + netdev, "device=" + device]
@@ -200,6 +225,28 @@ def test_frame_held_until_rx_buffers_come(ns, transport, machine, device):
     guest_round_trip(ns, f"transport={transport} starve=on", machine, "tap,id=n0,ifname=tap0",
                      f"{device},netdev=n0",
                      [r"^virtio-net: starve: the ARP reply waited for RX buffers and arrived$"])
+
+
+def tso_round_trip(ns, run_guest):
+    tcp = tcp_listener(ns, 9998, 4000)
+    try:
+        out, _ = guest_round_trip(ns, "", "", "", "", tap_setup=run_guest,
+                                  expect=[r"^virtio-net: sent a 4054-byte TCP frame with GSO_TCPV4",
+                                          r"^virtio-net: tso: the host acknowledged all 4000 bytes$"])
+        got, _ = tcp.communicate(timeout=60)
+        assert got.split() == ["4000", "pattern-ok", "10.0.2.15"], got
+    finally:
+        if tcp.poll() is None:
+            tcp.kill()
+            tcp.wait()
+
+
+def test_tso_super_frame_reaches_a_host_socket(ns):
+    """HOST_TSO4: the guest's 4000-byte TCP frame goes through the tap with
+    its GSO header; the host kernel takes it and the socket reads it all."""
+    ns.tap()
+    tso_round_trip(ns, lambda _cmd: run(ns.exec(*boot_guest_cmd(
+        "transport=pci tso=on", "pc", "tap,id=n0,ifname=tap0", "virtio-net-pci,netdev=n0"))))
 
 
 def test_vnet_hdr_off_checksums_in_software(ns):
@@ -437,3 +484,10 @@ def test_qmp_set_link_unknown_name(ns, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.skipif(QEMU is None, reason="no qemu-system-x86_64")
+def test_qemu_tso(ns):
+    ns.tap()
+    tso_round_trip(ns, lambda _cmd: run(ns.exec(*qemu_cmd(
+        "q35", "transport=pci tso=on", "virtio-net-pci,netdev=n0,romfile="))))

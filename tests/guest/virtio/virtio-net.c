@@ -8,6 +8,8 @@
  * 256-byte buffers so the echo reply spans several); mq=on (two queue
  * pairs: VQ_PAIRS_SET 2, send on pair 1, receive on both); evil=on (break
  * the virtio-net rules: each must end in NEEDS_RESET, then work again);
+ * tso=on (a TCP connection to tcp_port=N, default 9998, and one 4000-byte
+ * super-frame with GSO_TCPV4 that the host must acknowledge whole);
  * starve=on (the ARP reply comes before any RX buffer is posted: the
  * device must hold it); size=N (ICMP payload bytes, default 600);
  * udp_port=N (default 9999). */
@@ -20,6 +22,7 @@
 
 #define F_CSUM       0
 #define F_MAC        5
+#define F_HOST_TSO4  11
 #define F_MRG_RXBUF  15
 #define F_STATUS     16
 #define F_CTRL_VQ    17
@@ -51,7 +54,7 @@ enum { RX0, TX0, RX1, TX1, CTRL };
 #define RXBUF_MAX 2048
 static uint8_t rxbufs[2][VQ_SIZE][RXBUF_MAX] __attribute__((aligned(64)));
 static unsigned rxbuf_len;
-static uint8_t txbuf[2048] __attribute__((aligned(64)));
+static uint8_t txbuf[8192] __attribute__((aligned(64)));
 static uint8_t frame[4096];          /* a received frame, reassembled */
 
 static void on_queue(struct interrupt_frame *f) { (void)f; queue_irqs++; x2apic_eoi(); }
@@ -409,6 +412,88 @@ static void udp_offloaded(uint16_t port)
     printf("virtio-net: sent UDP to port %u with NEEDS_CSUM (csum_start %u, offset 6)\n", port, o);
 }
 
+/* ---- tso=on: one TCP super-frame the host kernel segments -------------------- */
+
+#define TSO_BYTES 4000
+#define TCP_SYN 0x02
+#define TCP_ACK 0x10
+#define TCP_PSH 0x08
+static uint32_t host_seq;
+static uint16_t tso_port;
+
+static uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    put16(p, (uint16_t)(v >> 16));
+    put16(p + 2, (uint16_t)v);
+}
+
+static uint32_t tcp_pseudo(unsigned tcp_len)
+{
+    return sum_add(sum_add(0, guest_ip, 4), host_ip, 4) + 6 + tcp_len;
+}
+
+/* A TCP segment in txbuf: returns the frame length; *tcp_at its offset. */
+static unsigned tcp(uint8_t flags, uint32_t seq, uint32_t ack, unsigned payload, unsigned *tcp_at)
+{
+    uint8_t *f = txbuf + HDR_LEN;
+    unsigned o = eth(f, host_mac, 0x0800);
+    o += ipv4(f + o, 6, 20 + payload);
+    uint8_t *t = f + o;
+    memset(t, 0, 20);
+    put16(t, 40001);
+    put16(t + 2, tso_port);
+    put32(t + 4, seq);
+    put32(t + 8, ack);
+    t[12] = 5 << 4;
+    t[13] = flags;
+    put16(t + 14, 65535);
+    for (unsigned i = 0; i < payload; i++)
+        t[20 + i] = (uint8_t)('a' + i % 26);
+    *tcp_at = o;
+    return o + 20 + payload;
+}
+
+static bool is_syn_ack(unsigned len)
+{
+    const uint8_t *t = frame + 34;
+    return len >= 54 && be16(frame + 12) == 0x0800 && frame[23] == 6 && be16(t) == tso_port &&
+           be16(t + 2) == 40001 && (t[13] & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK) &&
+           be32(t + 8) == 1001;
+}
+
+static bool acks_all(unsigned len)
+{
+    const uint8_t *t = frame + 34;
+    return len >= 54 && be16(frame + 12) == 0x0800 && frame[23] == 6 && be16(t) == tso_port &&
+           (t[13] & TCP_ACK) && be32(t + 8) == 1001 + TSO_BYTES;
+}
+
+static void tcp_tso(void)
+{
+    unsigned at;
+    /* SYN, checksummed here. */
+    unsigned len = tcp(TCP_SYN, 1000, 0, 0, &at);
+    uint8_t *t = txbuf + HDR_LEN + at;
+    put16(t + 16, (uint16_t)~sum_fold(sum_add(tcp_pseudo(20), t, 20)));
+    send(0, len, NULL);
+    receive(is_syn_ack, "TCP SYN-ACK");
+    host_seq = be32(frame + 34 + 4);
+    /* ACK + 4000 bytes in one frame: the host segments it (HOST_TSO4). */
+    len = tcp(TCP_ACK | TCP_PSH, 1001, host_seq + 1, TSO_BYTES, &at);
+    t = txbuf + HDR_LEN + at;
+    put16(t + 16, sum_fold(tcp_pseudo(20 + TSO_BYTES)));
+    struct net_hdr h = { NEEDS_CSUM, 1 /* GSO_TCPV4 */, (uint16_t)(at + 20), 1448, (uint16_t)at, 16, 0 };
+    send(0, len, &h);
+    printf("virtio-net: sent a %u-byte TCP frame with GSO_TCPV4 (gso_size 1448)\n", len);
+    receive(acks_all, "TCP ACK of the super-frame");
+    printf("virtio-net: tso: the host acknowledged all %u bytes\n", TSO_BYTES);
+}
+
 /* link=watch: the host turns the link off and on again (QMP set_link);
  * each change must come with a config interrupt and the new status. */
 static void wait_link(bool up)
@@ -544,7 +629,8 @@ int main(const struct hvm_start_info *si)
         guest_fail("no virtio-net device on %s", mmio ? "virtio-mmio" : "PCI");
     uint64_t want = (1ull << F_MAC) | (1ull << F_STATUS) | (1ull << F_CSUM) | (1ull << F_CTRL_VQ) |
                     (1ull << F_CTRL_RX) | (1ull << VIRTIO_F_EVENT_IDX) |
-                    (mrg ? 1ull << F_MRG_RXBUF : 0) | (mq ? 1ull << F_MQ : 0);
+                    (mrg ? 1ull << F_MRG_RXBUF : 0) | (mq ? 1ull << F_MQ : 0) |
+                    (cmdline_is("tso", "on") ? 1ull << F_HOST_TSO4 : 0);
     rxbuf_len = mrg ? 256 : RXBUF_MAX;
     if (cmdline_is("evil", "on")) {
         evil(want);
@@ -584,6 +670,12 @@ int main(const struct hvm_start_info *si)
         ping(1, 2);
     if (dev.features & (1ull << F_CSUM))
         udp_offloaded((uint16_t)cmdline_u64("udp_port", 9999));
+    if (cmdline_is("tso", "on")) {
+        if (!(dev.features & (1ull << F_HOST_TSO4)))
+            guest_fail("tso: the device does not offer HOST_TSO4");
+        tso_port = (uint16_t)cmdline_u64("tcp_port", 9998);
+        tcp_tso();
+    }
     if (cmdline_is("link", "watch")) {
         wait_link(false);
         wait_link(true);
