@@ -337,6 +337,25 @@ int net_backend_set_queues(struct net_backend *nb, unsigned active)
     return nb->ops->set_queues ? nb->ops->set_queues(nb, active) : 0;
 }
 
+char *net_backend_describe(struct net_backend *nb)
+{
+    GString *s = g_string_new(NULL);
+    g_string_append_printf(s, "%s: type=%s", nb->id, nb->ops->type);
+    for (const struct vmm_prop *p = nb->ops->props; p && p->name; p++) {
+        if (!strcmp(p->name, "vnet_hdr"))
+            continue;                  /* what the backend has, below */
+        char *v = vmm_props_format(nb->ops->props, nb, p->name);
+        if (v && *v)
+            g_string_append_printf(s, ",%s=%s", p->name, v);
+        free(v);
+    }
+    g_string_append_printf(s, ",vnet_hdr=%s,link=%s", nb->vnet_hdr ? "on" : "off",
+                           nb->link_up ? "up" : "down");
+    if (nb->peer_attached)
+        g_string_append_printf(s, ", peer %s", nb->peer.name ? nb->peer.name : "?");
+    return g_string_free(s, FALSE);
+}
+
 void net_backend_set_link(struct net_backend *nb, bool up)
 {
     nb->link_up = up;

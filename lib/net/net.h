@@ -55,6 +55,7 @@ struct net_backend;
 /* The NIC side.  All callbacks run in the machine's I/O thread. */
 struct net_peer {
     void *opaque;
+    const char *name;              /* the NIC's id or type, for listings */
     /* A frame for queue pair q.  Returns the bytes taken (or dropped), 0
      * when the NIC has no room now (the backend holds the frame until
      * net_backend_rx_ready), -1 when the frame is dropped as bad. */
@@ -135,6 +136,9 @@ ssize_t net_backend_send(struct net_backend *nb, unsigned q, const struct iovec 
 int net_backend_set_vnet_hdr_len(struct net_backend *nb, unsigned len);
 int net_backend_set_offloads(struct net_backend *nb, const struct net_offloads *o);
 int net_backend_set_queues(struct net_backend *nb, unsigned active);
+/* One line for listings (HMP "info network"): "ID: type=tap,key=value,...,
+ * link=up|down[, peer NIC]"; the caller frees it. */
+char *net_backend_describe(struct net_backend *nb);
 /* Link up/down: tells the peer. */
 void net_backend_set_link(struct net_backend *nb, bool up);
 

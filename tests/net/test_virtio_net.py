@@ -461,13 +461,14 @@ def test_vmm_run_and_qmp_set_link(ns, tmp_path, machine, device, transport):
         assert re.search(pattern, out, re.M), pattern
 
 
-def test_qmp_set_link_unknown_name(ns, tmp_path):
+def test_qmp_set_link_errors_and_info_network(ns, tmp_path):
     ns.tap()
     qmp_path = str(tmp_path / "qmp.sock")
     proc = subprocess.Popen(ns.exec(VMM_RUN, "--kernel", os.path.join(BUILD, "tests", "guest",
                                                                       "pio-loop.elf"),
                                     "--append", "count=100000000", "--serial", "none",
                                     "--netdev", "tap,id=n0,ifname=tap0",
+                                    "--device", "virtio-net-device,id=nic0,netdev=n0",
                                     "--qmp", f"unix:{qmp_path},server,nowait"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -479,6 +480,9 @@ def test_qmp_set_link_unknown_name(ns, tmp_path):
             reply = qmp.execute("set_link", {"name": "eth7", "up": False})
             assert "no netdev or NIC named 'eth7'" in reply["error"]["desc"]
             assert qmp.execute("set_link", {"name": "n0", "up": False}) == {"return": {}}
+            info = qmp.execute("human-monitor-command", {"command-line": "info network"})
+            assert info["return"] == ("n0: type=tap,ifname=tap0,queues=1,vnet_hdr=on,link=down, "
+                                      "peer nic0\r\n"), info
             reply = qmp.execute("set_link", {"name": "n0"})
             assert "up" in reply["error"]["desc"]
     finally:

@@ -652,7 +652,9 @@ static int net_realize(struct virtio_device *vdev)
     memcpy(n->mac, n->mac_default, 6);
     n->link_up = n->nb->link_up;
     n->active_pairs = 1;
-    struct net_peer peer = { n, net_receive, net_tx_ready, net_link_changed };
+    struct device *dev = &n->proxy.pci.dev;
+    struct net_peer peer = { n, dev->id ? dev->id : dev->cls->name, net_receive, net_tx_ready,
+                             net_link_changed };
     if (net_backend_attach(n->nb, &peer) < 0) {
         n->nb = NULL;
         return -1;
