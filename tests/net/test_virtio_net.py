@@ -111,9 +111,10 @@ def udp_listener(ns, port):
     return p
 
 
-def tcp_listener(ns, port, want):
+def tcp_listener(ns, port, want, reply=0):
     """A TCP server in the namespace that prints how many of the `want`
-    bytes it read and whether they were the guest's pattern."""
+    bytes it read and whether they were the guest's pattern, after sending
+    `reply` bytes of 'A' + i % 26 back."""
     code = ("import socket,string\n"
             "s=socket.socket()\n"
             "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
@@ -129,6 +130,7 @@ def tcp_listener(ns, port, want):
             "    if not x: break\n"
             "    d+=x\n"
             "ok=all(d[i]==ord('a')+i%26 for i in range(len(d)))\n"
+            f"c.sendall(bytes(65+i%26 for i in range({reply})))\n"
             "print(len(d),'pattern-ok' if ok else 'pattern-bad',a[0],flush=True)\n")
     p = subprocess.Popen(ns.exec("/usr/bin/python3", "-c", code), stdout=subprocess.PIPE,
                          text=True)
@@ -227,12 +229,13 @@ def test_frame_held_until_rx_buffers_come(ns, transport, machine, device):
                      [r"^virtio-net: starve: the ARP reply waited for RX buffers and arrived$"])
 
 
-def tso_round_trip(ns, run_guest):
-    tcp = tcp_listener(ns, 9998, 4000)
+def tso_round_trip(ns, run_guest, reply=0, expect=()):
+    tcp = tcp_listener(ns, 9998, 4000, reply)
     try:
         out, _ = guest_round_trip(ns, "", "", "", "", tap_setup=run_guest,
                                   expect=[r"^virtio-net: sent a 4054-byte TCP frame with GSO_TCPV4",
-                                          r"^virtio-net: tso: the host acknowledged all 4000 bytes$"])
+                                          r"^virtio-net: tso: the host acknowledged all 4000 bytes$",
+                                          *expect])
         got, _ = tcp.communicate(timeout=60)
         assert got.split() == ["4000", "pattern-ok", "10.0.2.15"], got
     finally:
@@ -247,6 +250,17 @@ def test_tso_super_frame_reaches_a_host_socket(ns):
     ns.tap()
     tso_round_trip(ns, lambda _cmd: run(ns.exec(*boot_guest_cmd(
         "transport=pci tso=on", "pc", "tap,id=n0,ifname=tap0", "virtio-net-pci,netdev=n0"))))
+
+
+def test_guest_tso_big_packets(ns):
+    """GUEST_CSUM + GUEST_TSO4 without MRG_RXBUF: the tap gets TUNSETOFFLOAD
+    for them, the host's TCP reply comes as one super-frame, and the device
+    places it whole in one big buffer with its GSO header."""
+    ns.tap()
+    tso_round_trip(ns, lambda _cmd: run(ns.exec(*boot_guest_cmd(
+        "transport=pci tso=on gtso=on mrg=off", "pc", "tap,id=n0,ifname=tap0",
+        "virtio-net-pci,netdev=n0"))), reply=20000,
+        expect=[r"^virtio-net: gtso: a \d+-byte TCP frame, gso_type 1, gso_size \d+"])
 
 
 def test_vnet_hdr_off_checksums_in_software(ns):
@@ -495,3 +509,12 @@ def test_qemu_tso(ns):
     ns.tap()
     tso_round_trip(ns, lambda _cmd: run(ns.exec(*qemu_cmd(
         "q35", "transport=pci tso=on", "virtio-net-pci,netdev=n0,romfile="))))
+
+
+@pytest.mark.skipif(QEMU is None, reason="no qemu-system-x86_64")
+def test_qemu_guest_tso(ns):
+    ns.tap()
+    tso_round_trip(ns, lambda _cmd: run(ns.exec(*qemu_cmd(
+        "q35", "transport=pci tso=on gtso=on mrg=off",
+        "virtio-net-pci,netdev=n0,mrg_rxbuf=off,romfile="))), reply=20000,
+        expect=[r"^virtio-net: gtso: a \d+-byte TCP frame, gso_type 1"])

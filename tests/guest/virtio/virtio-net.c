@@ -10,6 +10,8 @@
  * the virtio-net rules: each must end in NEEDS_RESET, then work again);
  * tso=on (a TCP connection to tcp_port=N, default 9998, and one 4000-byte
  * super-frame with GSO_TCPV4 that the host must acknowledge whole);
+ * gtso=on with tso=on and mrg=off (GUEST_CSUM + GUEST_TSO4: the host's
+ * answer on that connection arrives as one super-frame in a 64 KiB buffer);
  * starve=on (the ARP reply comes before any RX buffer is posted: the
  * device must hold it); size=N (ICMP payload bytes, default 600);
  * udp_port=N (default 9999). */
@@ -23,6 +25,8 @@
 #define F_CSUM       0
 #define F_MAC        5
 #define F_HOST_TSO4  11
+#define F_GUEST_CSUM 1
+#define F_GUEST_TSO4 7
 #define F_MRG_RXBUF  15
 #define F_STATUS     16
 #define F_CTRL_VQ    17
@@ -55,7 +59,17 @@ enum { RX0, TX0, RX1, TX1, CTRL };
 static uint8_t rxbufs[2][VQ_SIZE][RXBUF_MAX] __attribute__((aligned(64)));
 static unsigned rxbuf_len;
 static uint8_t txbuf[8192] __attribute__((aligned(64)));
-static uint8_t frame[4096];          /* a received frame, reassembled */
+#define BIGBUF (65536 + 64)           /* gtso=on: whole TCP super-frames, no merging */
+#define NBIG 4
+static uint8_t bigbufs[NBIG][BIGBUF] __attribute__((aligned(64)));
+static bool big;
+static uint8_t frame[BIGBUF];        /* a received frame, reassembled */
+static struct net_hdr frame_hdr;     /* and its header */
+
+static uint8_t *rxbuf(unsigned pair, unsigned i)
+{
+    return big ? bigbufs[i % NBIG] : rxbufs[pair][i];
+}
 
 static void on_queue(struct interrupt_frame *f) { (void)f; queue_irqs++; x2apic_eoi(); }
 static void on_config(struct interrupt_frame *f) { (void)f; config_irqs++; x2apic_eoi(); }
@@ -95,14 +109,14 @@ static void queue_init(unsigned slot, unsigned index, uint16_t vector)
 static void rx_post(unsigned pair, unsigned slot_in_ring)
 {
     struct vq *vq = &queues[pair ? RX1 : RX0];
-    vq->desc[slot_in_ring] = (struct vq_desc){ (uint64_t)(uintptr_t)rxbufs[pair][slot_in_ring],
+    vq->desc[slot_in_ring] = (struct vq_desc){ (uint64_t)(uintptr_t)rxbuf(pair, slot_in_ring),
                                                rxbuf_len, VIRTQ_DESC_F_WRITE, 0 };
     vq_post(vq, (uint16_t)slot_in_ring);
 }
 
 static void rx_fill(unsigned pair, unsigned rx_index)
 {
-    for (unsigned i = 0; i < VQ_SIZE; i++)
+    for (unsigned i = 0; i < (big ? NBIG : VQ_SIZE); i++)
         rx_post(pair, i);
     vdev_notify(&dev, rx_index);
 }
@@ -276,18 +290,17 @@ static unsigned take_frame(unsigned slot)
         return 0;
     if (id >= VQ_SIZE || len < HDR_LEN || len > rxbuf_len)
         guest_fail("RX used entry id %u len %u", id, len);
-    struct net_hdr h;
-    memcpy(&h, rxbufs[pair][id], HDR_LEN);
-    unsigned nbuf = mrg ? h.num_buffers : 1, total = len - HDR_LEN;
+    memcpy(&frame_hdr, rxbuf(pair, id), HDR_LEN);
+    unsigned nbuf = mrg ? frame_hdr.num_buffers : 1, total = len - HDR_LEN;
     if (!nbuf || nbuf > VQ_SIZE)
         guest_fail("RX num_buffers %u", nbuf);
-    memcpy(frame, rxbufs[pair][id] + HDR_LEN, total);
+    memcpy(frame, rxbuf(pair, id) + HDR_LEN, total);
     rx_post(pair, id);
     for (unsigned b = 1; b < nbuf; b++) {
         if (!vq_wait_used(vq, &id, &len, 1000) || id >= VQ_SIZE || len > rxbuf_len ||
             total + len > sizeof(frame))
             guest_fail("RX buffer %u of %u missing or bad", b + 1, nbuf);
-        memcpy(frame + total, rxbufs[pair][id], len);
+        memcpy(frame + total, rxbuf(pair, id), len);
         total += len;
         rx_post(pair, id);
     }
@@ -494,6 +507,31 @@ static void tcp_tso(void)
     printf("virtio-net: tso: the host acknowledged all %u bytes\n", TSO_BYTES);
 }
 
+static bool is_host_data(unsigned len)
+{
+    const uint8_t *t = frame + 34;
+    return len > 54 && be16(frame + 12) == 0x0800 && frame[23] == 6 && be16(t) == tso_port &&
+           be16(frame + 16) + 14u > 54;
+}
+
+/* gtso=on: the host's reply comes as one super-frame (GUEST_TSO4) with
+ * the TCP payload it sent: 'A' + i % 26. */
+static void tcp_receive_super_frame(void)
+{
+    unsigned len = receive(is_host_data, "TCP data from the host");
+    const uint8_t *t = frame + 34;
+    unsigned payload = be16(frame + 16) - 40u;
+    if (be32(t + 4) != host_seq + 1)
+        guest_fail("gtso: data at seq %u, expected %u", be32(t + 4), host_seq + 1);
+    for (unsigned i = 0; i < payload; i++)
+        if (t[20 + i] != (uint8_t)('A' + i % 26))
+            guest_fail("gtso: payload byte %u differs", i);
+    printf("virtio-net: gtso: a %u-byte TCP frame, gso_type %u, gso_size %u, flags %u, payload ok\n",
+           len, frame_hdr.gso_type, frame_hdr.gso_size, frame_hdr.flags);
+    if (frame_hdr.gso_type != 1 || !frame_hdr.gso_size || payload <= frame_hdr.gso_size)
+        guest_fail("gtso: expected a TCPv4 super-frame (more payload than gso_size)");
+}
+
 /* link=watch: the host turns the link off and on again (QMP set_link);
  * each change must come with a config interrupt and the new status. */
 static void wait_link(bool up)
@@ -630,7 +668,11 @@ int main(const struct hvm_start_info *si)
     uint64_t want = (1ull << F_MAC) | (1ull << F_STATUS) | (1ull << F_CSUM) | (1ull << F_CTRL_VQ) |
                     (1ull << F_CTRL_RX) | (1ull << VIRTIO_F_EVENT_IDX) |
                     (mrg ? 1ull << F_MRG_RXBUF : 0) | (mq ? 1ull << F_MQ : 0) |
-                    (cmdline_is("tso", "on") ? 1ull << F_HOST_TSO4 : 0);
+                    (cmdline_is("tso", "on") ? 1ull << F_HOST_TSO4 : 0) |
+                    (cmdline_is("gtso", "on") ? (1ull << F_GUEST_CSUM) | (1ull << F_GUEST_TSO4) : 0);
+    big = cmdline_is("gtso", "on");
+    if (big && mrg)
+        guest_fail("gtso=on needs mrg=off (whole super-frames in 64 KiB buffers)");
     rxbuf_len = mrg ? 256 : RXBUF_MAX;
     if (cmdline_is("evil", "on")) {
         evil(want);
@@ -675,6 +717,8 @@ int main(const struct hvm_start_info *si)
             guest_fail("tso: the device does not offer HOST_TSO4");
         tso_port = (uint16_t)cmdline_u64("tcp_port", 9998);
         tcp_tso();
+        if (big)
+            tcp_receive_super_frame();
     }
     if (cmdline_is("link", "watch")) {
         wait_link(false);
