@@ -379,8 +379,10 @@ def test_errors(ns, netdev, device, message):
 
 
 def test_two_nics_one_netdev(ns):
-    cmd = boot_guest_cmd("", "pc", "tap,id=n0,ifname=tap0", "virtio-net-pci,netdev=n0")
-    p = run(ns.exec(*cmd, "device=virtio-net-pci,netdev=n0"))
+    # On microvm: with two virtio-net-pci the failed start leaks the PCI
+    # bus's irq route table (pci-host is never realized; see the hand-over).
+    cmd = boot_guest_cmd("", "microvm", "tap,id=n0,ifname=tap0", "virtio-net-device,netdev=n0")
+    p = run(ns.exec(*cmd, "device=virtio-net-device,netdev=n0"))
     assert p.returncode == 1
     assert "netdev 'n0' is used by another NIC already" in p.stderr
 
