@@ -12,7 +12,8 @@
  * super-frame with GSO_TCPV4 that the host must acknowledge whole);
  * gtso=on with tso=on and mrg=off (GUEST_CSUM + GUEST_TSO4: the host's
  * answer on that connection arrives as one super-frame in a 64 KiB buffer);
- * starve=on (the ARP reply comes before any RX buffer is posted: the
+ * flood=N (after the ARP: N UDP datagrams to udp_port as fast as the
+ * ring allows, for bench/bench-net.py); starve=on (the ARP reply comes before any RX buffer is posted: the
  * device must hold it); size=N (ICMP payload bytes, default 600);
  * udp_port=N (default 9999). */
 #include "vguest.h"
@@ -539,6 +540,51 @@ static void tcp_receive_super_frame(void)
         guest_fail("gtso: expected a TCPv4 super-frame (more payload than gso_size)");
 }
 
+/* ---- flood=N: N UDP datagrams as fast as the ring allows (bench/bench-net.py) */
+
+#define FLOOD_FRAME 106               /* 14 + 20 + 8 + 64 payload */
+static uint8_t flood_frames[VQ_SIZE][HDR_LEN + FLOOD_FRAME] __attribute__((aligned(64)));
+
+static void flood_frame(uint8_t *buf, uint16_t port, unsigned i)
+{
+    memset(buf, 0, HDR_LEN);
+    uint8_t *f = buf + HDR_LEN;
+    unsigned o = eth(f, host_mac, 0x0800);
+    o += ipv4(f + o, 17, 8 + 64);
+    uint8_t *udp = f + o;
+    put16(udp, 40002);
+    put16(udp + 2, port);
+    put16(udp + 4, 8 + 64);
+    put16(udp + 6, 0);                 /* no UDP checksum (IPv4 allows it) */
+    memset(udp + 8, 'a' + (int)i, 64);
+}
+
+static void flood(unsigned count, uint16_t port)
+{
+    struct vq *vq = &queues[TX0];
+    for (unsigned i = 0; i < VQ_SIZE; i++)
+        flood_frame(flood_frames[i], port, i);
+    unsigned sent = 0, done = 0;
+    uint64_t start = rdtsc();
+    while (done < count) {
+        for (; sent < count && sent - done < VQ_SIZE; sent++) {
+            unsigned slot = sent % VQ_SIZE;
+            vq->desc[slot] = (struct vq_desc){ (uint64_t)(uintptr_t)flood_frames[slot],
+                                               HDR_LEN + FLOOD_FRAME, 0, 0 };
+            vq_post(vq, (uint16_t)slot);
+        }
+        vdev_notify(&dev, 1);
+        uint32_t id, len;
+        if (!vq_wait_used(vq, &id, &len, WAIT_MS))
+            guest_fail("flood: %u of %u sent, then no completion", done, count);
+        done++;
+        while (*(volatile uint16_t *)&vq->used->idx != vq->last_used && vq_wait_used(vq, &id, &len, 1))
+            done++;
+    }
+    printf("virtio-net: flood: %u datagrams sent (%lu TSC ticks)\n", count,
+           (unsigned long)(rdtsc() - start));
+}
+
 /* link=watch: the host turns the link off and on again (QMP set_link);
  * each change must come with a config interrupt and the new status. */
 static void wait_link(bool up)
@@ -716,6 +762,12 @@ int main(const struct hvm_start_info *si)
         resolve_host_starved();
     else
         resolve_host();
+    if (cmdline_u64("flood", 0)) {
+        flood((unsigned)cmdline_u64("flood", 0), (uint16_t)cmdline_u64("udp_port", 9999));
+        vdev_reset(&dev);
+        printf("virtio-net: ok\n");
+        return 0;
+    }
     ping(0, 1);
     if (mq)
         ping(1, 2);
