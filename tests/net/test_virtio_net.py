@@ -96,6 +96,15 @@ def ns():
         n.delete()
 
 
+def namespace_python(ns, code):
+    """Run a Python program in the namespace; it prints 'ready' once its
+    socket is bound, and its verdict on stdout later."""
+    p = subprocess.Popen(ns.exec("/usr/bin/python3", "-c", code), stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
 def udp_listener(ns, port):
     """A UDP socket in the namespace; its stdout is the datagram it got."""
     code = ("import socket,sys\n"
@@ -105,10 +114,7 @@ def udp_listener(ns, port):
             "print('ready',flush=True)\n"
             "d,a=s.recvfrom(2000)\n"
             "print(d.decode(),a[0],flush=True)\n")
-    p = subprocess.Popen(ns.exec("/usr/bin/python3", "-c", code), stdout=subprocess.PIPE,
-                         text=True)
-    assert p.stdout.readline().strip() == "ready"
-    return p
+    return namespace_python(ns, code)
 
 
 def tcp_listener(ns, port, want, reply=0):
@@ -132,10 +138,7 @@ def tcp_listener(ns, port, want, reply=0):
             "ok=all(d[i]==ord('a')+i%26 for i in range(len(d)))\n"
             f"c.sendall(bytes(65+i%26 for i in range({reply})))\n"
             "print(len(d),'pattern-ok' if ok else 'pattern-bad',a[0],flush=True)\n")
-    p = subprocess.Popen(ns.exec("/usr/bin/python3", "-c", code), stdout=subprocess.PIPE,
-                         text=True)
-    assert p.stdout.readline().strip() == "ready"
-    return p
+    return namespace_python(ns, code)
 
 
 def boot_guest_cmd(cmdline, machine, netdev, device, log=True):
@@ -277,10 +280,8 @@ def test_tx_batches_all_arrive(ns):
             "    while True: d.append(s.recv(2048))\n"
             "except OSError: pass\n"
             "print(len(d), all(x==bytes([97+i%8])*64 for i,x in enumerate(d)), flush=True)\n")
-    listener = subprocess.Popen(ns.exec("/usr/bin/python3", "-c", code), stdout=subprocess.PIPE,
-                                text=True)
+    listener = namespace_python(ns, code)
     try:
-        assert listener.stdout.readline().strip() == "ready"
         p = run(ns.exec(*boot_guest_cmd("transport=pci flood=500 udp_port=9997", "pc",
                                         "tap,id=n0,ifname=tap0", "virtio-net-pci,netdev=n0")))
         assert p.returncode == 33 and "virtio-net: flood: 500 datagrams sent" in p.stdout
