@@ -39,15 +39,18 @@ static void info_cpus(struct control *ctl, const char *arg, GString *out, struct
     vmm_machine_list_vcpus(ctl->m, print_cpu, out);
 }
 
+static int print_block_node(void *opaque, const struct vmm_block_node_info *n)
+{
+    g_string_append_printf(opaque, "%s: %s (%s%s)\r\n", n->name, n->filename, n->driver,
+                           n->read_only ? ", read-only" : "");
+    return 0;
+}
+
 static void info_block(struct control *ctl, const char *arg, GString *out, struct qmp_result *r)
 {
     (void)arg;
     (void)r;
-    for (GList *l = ctl->nodes; l; l = l->next) {
-        struct block_node *n = l->data;
-        g_string_append_printf(out, "%s: %s (%s%s)\r\n", n->name, n->filename, n->driver,
-                               n->read_only ? ", read-only" : "");
-    }
+    vmm_machine_list_block_nodes(ctl->m, print_block_node, out);
 }
 
 static void info_pci(struct control *ctl, const char *arg, GString *out, struct qmp_result *r)

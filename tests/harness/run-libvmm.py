@@ -42,9 +42,13 @@ def main():
         cmd.append("no-exit-device")
     if "machine" in test:
         cmd.append("machine=" + test["machine"])
+    cmd += ["drive=" + d for d in test.get("drives", [])]
     cmd += ["device=" + d for d in test.get("devices", [])]
     if "libvmm_log" in test:
         cmd.append("log")
+    workdir = runner.image_workdir(test)
+    paths = runner.prepare_images(test, workdir.name) if workdir else {}
+    cmd = runner.substitute(cmd, paths)
     print("+ " + " ".join(cmd), flush=True)
     status, console, stderr = runner.run_guest(cmd, test, timeout + 30)
     if status is None:
@@ -54,7 +58,7 @@ def main():
     print(console, end="" if console.endswith("\n") else "\n")
     if stderr:
         print("stderr:\n" + stderr)
-    problems = runner.check(test, status, console)
+    problems = runner.check(test, status, console) + runner.check_images(test, paths)
     log = stderr
     for pattern in test.get("libvmm_log", []):
         if not re.search(pattern, log, re.MULTILINE):

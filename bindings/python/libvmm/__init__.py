@@ -158,12 +158,13 @@ def set_log_callback(fn, max_level=LOG_INFO):
 
 # ---- machines ----------------------------------------------------------------------
 
-Event = collections.namedtuple("Event", "type name seconds microseconds guest reason device message")
+Event = collections.namedtuple("Event", "type name seconds microseconds guest reason device message "
+                               "node_name operation action nospace")
 Event.__doc__ = "One machine event; name is QMP's (STOP, RESUME, SHUTDOWN, RESET, ...)."
 
 VcpuInfo = collections.namedtuple("VcpuInfo", "index thread_id")
 DeviceInfo = collections.namedtuple("DeviceInfo", "id type properties platform realized")
-BlockNodeInfo = collections.namedtuple("BlockNodeInfo", "name driver filename read_only")
+BlockNodeInfo = collections.namedtuple("BlockNodeInfo", "name driver filename read_only device")
 
 _STATES = {0: "created", 1: "running", 2: "paused", 3: "ended"}
 _EXIT_REASONS = {0: None, 1: "poweroff", 2: "reset", 3: "test", 4: "error", 5: "stopped"}
@@ -262,7 +263,8 @@ class Machine(_Resource):
 
     def _on_event(self, _data, ev):
         event = Event(int(ev.type), _text(ev.name), int(ev.seconds), int(ev.microseconds),
-                      bool(ev.guest), _text(ev.reason), _text(ev.device), _text(ev.message))
+                      bool(ev.guest), _text(ev.reason), _text(ev.device), _text(ev.message),
+                      _text(ev.node_name), _text(ev.operation), _text(ev.action), bool(ev.nospace))
         self._events.put(event)
         for fn in list(self._event_callbacks):
             fn(event)
@@ -343,14 +345,30 @@ class Machine(_Resource):
         _check(lib.vmm_machine_list_devices(self.handle, collect, ffi.NULL))
         return out
 
+    def add_drive(self, spec, **props):
+        """Open an image as a drive for devices' drive=ID:
+        add_drive("file=disk.qcow2,format=qcow2,id=hd0,cache=none")."""
+        full = _spec(spec, props) if props else spec
+        _check(lib.vmm_machine_add_drive(self.handle, full.encode()))
+
+    def add_block(self, id, image, read_only=False):
+        """Make an open libvmm.Block a drive named `id`; the machine takes it
+        over (the Block object is emptied: closing it does nothing)."""
+        _check(lib.vmm_machine_add_block(self.handle, id.encode(), image.handle, int(read_only)))
+        image._blk = ffi.NULL
+
+    def remove_drive(self, id):
+        """Remove and close a drive or block node (EBUSY while a device uses it)."""
+        _check(lib.vmm_machine_remove_drive(self.handle, id.encode()))
+
     def block_nodes(self):
-        """The machine's block nodes (QMP blockdev-add), as BlockNodeInfo."""
+        """The machine's block nodes (drives and QMP blockdev-add nodes), as BlockNodeInfo."""
         out = []
 
         @ffi.callback("int(void *, const struct vmm_block_node_info *)")
         def collect(_data, info):
             out.append(BlockNodeInfo(_text(info.name), _text(info.driver), _text(info.filename),
-                                     bool(info.read_only)))
+                                     bool(info.read_only), _text(info.device)))
             return 0
         _check(lib.vmm_machine_list_block_nodes(self.handle, collect, ffi.NULL))
         return out

@@ -105,13 +105,10 @@ void vdev_msix_enable(struct vdev *d, bool on)
     pci_write32(d->slot, cap, (dword & 0xffff) | (uint32_t)ctrl << 16);
 }
 
-void vdev_msix_config_and_queues(struct vdev *d, uint8_t config_vec, interrupt_handler_t on_config,
-                                 uint8_t queue_vec, interrupt_handler_t on_queue)
+void vdev_msix_simple(struct vdev *d, uint8_t config_vec, uint8_t queue_vec)
 {
-    if (d->msix_vectors < 2)
-        guest_fail("need 2 MSI-X vectors, have %u", d->msix_vectors);
-    idt_set_handler(queue_vec, on_queue);
-    idt_set_handler(config_vec, on_config);
+    if (d->transport != VT_PCI)
+        return;
     vdev_msix_vector(d, 0, config_vec, x2apic_id());
     vdev_msix_vector(d, 1, queue_vec, x2apic_id());
     vdev_msix_enable(d, true);
@@ -199,6 +196,18 @@ bool vdev_find_mmio(struct vdev *d, uint32_t id)
 
 /* ---- both --------------------------------------------------------------- */
 
+bool vdev_start_guest(struct vdev *d, uint16_t id)
+{
+    x2apic_enable();
+    pic_mask_all();
+    bool mmio = cmdline_is("transport", "mmio");
+    if (!mmio)
+        pci_find_ecam();
+    if (mmio ? !vdev_find_mmio(d, id) : !vdev_find_pci(d, id))
+        guest_fail("no virtio device %u on %s", id, mmio ? "virtio-mmio" : "PCI");
+    return mmio;
+}
+
 uint8_t vdev_status(struct vdev *d)
 {
     return d->transport == VT_PCI ? mmio_read8(d->common + C_STATUS)
@@ -284,16 +293,19 @@ void vdev_raw_queue(struct vdev *d, unsigned q, uint16_t n, uint64_t desc, uint6
     }
 }
 
-bool vdev_setup_queue(struct vdev *d, unsigned q, struct vq *vq, uint16_t n, uint16_t vector)
+uint16_t vdev_queue_max(struct vdev *d, unsigned q)
 {
-    uint16_t max;
     if (d->transport == VT_PCI) {
         w16(d->common + C_QSELECT, (uint16_t)q);
-        max = r16(d->common + C_QSIZE);
-    } else {
-        mmio_write32(d->base + M_QSEL, q);
-        max = (uint16_t)mmio_read32(d->base + M_QMAX);
+        return r16(d->common + C_QSIZE);
     }
+    mmio_write32(d->base + M_QSEL, q);
+    return (uint16_t)mmio_read32(d->base + M_QMAX);
+}
+
+bool vdev_setup_queue(struct vdev *d, unsigned q, struct vq *vq, uint16_t n, uint16_t vector)
+{
+    uint16_t max = vdev_queue_max(d, q);
     if (!max) {
         printf("virtio: queue %u does not exist\n", q);
         return false;

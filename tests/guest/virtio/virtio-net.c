@@ -136,7 +136,11 @@ static void setup_interrupts(void)
         printf("virtio-net: interrupts: IOAPIC gsi %d level -> 0x%x\n", dev.gsi, VEC_LINE);
         return;
     }
-    vdev_msix_config_and_queues(&dev, VEC_CONFIG, on_config, VEC_QUEUE, on_queue);
+    if (dev.msix_vectors < 2)
+        guest_fail("need 2 MSI-X vectors, have %u", dev.msix_vectors);
+    idt_set_handler(VEC_QUEUE, on_queue);
+    idt_set_handler(VEC_CONFIG, on_config);
+    vdev_msix_simple(&dev, VEC_CONFIG, VEC_QUEUE);
     printf("virtio-net: interrupts: MSI-X config -> 0x%x, queues -> 0x%x\n", VEC_CONFIG, VEC_QUEUE);
 }
 

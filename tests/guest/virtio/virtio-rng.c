@@ -128,7 +128,14 @@ int main(const struct hvm_start_info *si)
         printf("virtio-rng: interrupts: INTx pin %c -> IOAPIC gsi %u level -> 0x%x\n",
                'A' + pin - 1, line, VEC_LINE);
     } else if (!mmio) {
-        vdev_msix_config_and_queues(&dev, VEC_CONFIG, on_config, VEC_QUEUE, on_queue);
+        if (dev.msix_vectors < 2)
+            guest_fail("need 2 MSI-X vectors, have %u", dev.msix_vectors);
+        idt_set_handler(VEC_QUEUE, on_queue);
+        idt_set_handler(VEC_CONFIG, on_config);
+        vdev_msix_vector(&dev, 0, VEC_CONFIG, x2apic_id());
+        vdev_msix_vector(&dev, 1, VEC_QUEUE, x2apic_id());
+        vdev_msix_enable(&dev, true);
+        vdev_config_vector(&dev, 0);
         vector = 1;
         printf("virtio-rng: interrupts: MSI-X vector 1 -> 0x%x (x2APIC %u)\n", VEC_QUEUE, x2apic_id());
     } else if (dev.gsi >= 0 && ioapic_route_level((unsigned)dev.gsi, VEC_LINE)) {
