@@ -44,7 +44,6 @@ struct net_hdr {
 
 static struct vdev dev;
 static bool mmio, mrg, mq;
-static volatile unsigned queue_irqs, config_irqs;
 static uint8_t mac[6], host_mac[6];
 static const uint8_t guest_ip[4] = { 10, 0, 2, 15 }, host_ip[4] = { 10, 0, 2, 1 };
 
@@ -70,19 +69,6 @@ static struct net_hdr frame_hdr;     /* and its header */
 static uint8_t *rxbuf(unsigned pair, unsigned i)
 {
     return big ? bigbufs[i % NBIG] : rxbufs[pair][i];
-}
-
-static void on_queue(struct interrupt_frame *f) { (void)f; queue_irqs++; x2apic_eoi(); }
-static void on_config(struct interrupt_frame *f) { (void)f; config_irqs++; x2apic_eoi(); }
-static void on_line(struct interrupt_frame *f)
-{
-    (void)f;
-    uint8_t isr = vdev_isr(&dev);
-    if (isr & 1)
-        queue_irqs++;
-    if (isr & 2)
-        config_irqs++;
-    x2apic_eoi();
 }
 
 /* ---- config, queues ----------------------------------------------------------- */
@@ -129,17 +115,15 @@ static uint16_t vector_for_queues(void)
 
 static void setup_interrupts(void)
 {
+    vdev_count_irqs(&dev, VEC_QUEUE, VEC_CONFIG, VEC_LINE);
     if (mmio) {
         if (dev.gsi < 0 || !ioapic_route_level((unsigned)dev.gsi, VEC_LINE))
             guest_fail("virtio-mmio gsi %d is not on the first IOAPIC", dev.gsi);
-        idt_set_handler(VEC_LINE, on_line);
         printf("virtio-net: interrupts: IOAPIC gsi %d level -> 0x%x\n", dev.gsi, VEC_LINE);
         return;
     }
     if (dev.msix_vectors < 2)
         guest_fail("need 2 MSI-X vectors, have %u", dev.msix_vectors);
-    idt_set_handler(VEC_QUEUE, on_queue);
-    idt_set_handler(VEC_CONFIG, on_config);
     vdev_msix_simple(&dev, VEC_CONFIG, VEC_QUEUE);
     printf("virtio-net: interrupts: MSI-X config -> 0x%x, queues -> 0x%x\n", VEC_CONFIG, VEC_QUEUE);
 }
@@ -174,10 +158,10 @@ static void start(uint64_t want)
  * may be visible before the interrupt arrives. */
 static bool wait_used(struct vq *vq, uint32_t *id, uint32_t *len, unsigned ms)
 {
-    unsigned before = queue_irqs;
+    unsigned before = vdev_queue_irqs;
     irq_enable();
     bool ok = vq_wait_used(vq, id, len, ms);
-    for (unsigned t = 0; ok && queue_irqs == before && t < 5000; t++)
+    for (unsigned t = 0; ok && vdev_queue_irqs == before && t < 5000; t++)
         udelay(100);
     irq_disable();
     return ok;
@@ -593,15 +577,15 @@ static void flood(unsigned count, uint16_t port)
  * each change must come with a config interrupt and the new status. */
 static void wait_link(bool up)
 {
-    unsigned before = config_irqs;
+    unsigned before = vdev_config_irqs;
     printf("virtio-net: waiting for the link to go %s\n", up ? "up" : "down");
     irq_enable();
-    for (unsigned t = 0; t < 600000 && (config_irqs == before || !!(config16(6) & 1) != up); t++)
+    for (unsigned t = 0; t < 600000 && (vdev_config_irqs == before || !!(config16(6) & 1) != up); t++)
         udelay(100);
     irq_disable();
-    if (!!(config16(6) & 1) != up || config_irqs == before)
+    if (!!(config16(6) & 1) != up || vdev_config_irqs == before)
         guest_fail("link %s: status 0x%x, %u config interrupts", up ? "up" : "down", config16(6),
-                   config_irqs - before);
+                   vdev_config_irqs - before);
     printf("virtio-net: link %s (config interrupt)\n", up ? "up" : "down");
 }
 
@@ -790,8 +774,9 @@ int main(const struct hvm_start_info *si)
         wait_link(true);
         ping(0, 3);
     }
-    printf("virtio-net: %u queue interrupts, %u config interrupts\n", queue_irqs, config_irqs);
-    if (!queue_irqs)
+    printf("virtio-net: %u queue interrupts, %u config interrupts\n", vdev_queue_irqs,
+           vdev_config_irqs);
+    if (!vdev_queue_irqs)
         guest_fail("no queue interrupts");
     if (vdev_status(&dev) & STATUS_NEEDS_RESET)
         guest_fail("device reports NEEDS_RESET");
