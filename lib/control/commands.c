@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "control/control-int.h"
+#include "libvmm/net.h"
 
 void qmp_error(struct qmp_result *r, const char *cls, const char *fmt, ...)
 {
@@ -315,6 +316,14 @@ static JsonNode *cmd_system_powerdown(struct control *ctl, JsonObject *args, str
 {
     (void)args;
     return action_reply(vmm_machine_request_poweroff(ctl->m), r);
+}
+
+/* QEMU's set_link: name is a netdev id or a NIC's device id. */
+static JsonNode *cmd_set_link(struct control *ctl, JsonObject *args, struct qmp_result *r)
+{
+    const char *name = json_object_get_string_member(args, "name");
+    bool up = json_object_get_boolean_member(args, "up");
+    return action_reply(vmm_machine_set_link(ctl->m, name, up), r);
 }
 
 static JsonNode *cmd_quit(struct control *ctl, JsonObject *args, struct qmp_result *r)
@@ -652,6 +661,7 @@ static const struct qmp_command commands[] = {
     { "system_reset", cmd_system_reset, { { 0 } }, false },
     { "system_powerdown", cmd_system_powerdown, { { 0 } }, false },
     { "quit", cmd_quit, { { 0 } }, false },
+    { "set_link", cmd_set_link, { { "name", ARG_STR, true }, { "up", ARG_BOOL, true } }, false },
     { "qom-list-types", cmd_qom_list_types,
       { { "implements", ARG_STR, false }, { "abstract", ARG_BOOL, false } }, false },
     { "device-list-properties", cmd_device_list_properties, { { "typename", ARG_STR, true } }, false },

@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include "devices/acpi-pm.h"
 #include "devices/device.h"
+#include "net/net.h"
 #include "machine/drives.h"
 #include "introspect.h"
 #include "machine/machine.h"
@@ -781,6 +782,7 @@ LIBVMM_EXPORT void vmm_machine_free(vmm_machine *m)
         device_free(m->devices);
         m->devices = next;
     }
+    net_release_all(m);              /* after the NICs that used them */
     for (unsigned i = 0; i < m->nr_vcpus; i++)
         vcpu_destroy(m->vcpus[i]);
     free(m->vcpus);

@@ -21,6 +21,7 @@ struct vcpu;
 struct machine_listener;
 struct machine_log;
 struct pci_bus;
+struct net_backend;
 
 /* The machine's configuration: every field is a machine property. */
 struct machine_config {
@@ -98,6 +99,7 @@ struct vmm_machine {
     uint64_t ram_below_4g, ram_above_4g;
     uint64_t rsdp_addr;
     struct pci_bus *pci;           /* bus 0 (machine type pc), owned by the pci-host device */
+    struct net_backend *netdevs;   /* network backends by id (lib/net) */
     /* Drives (lib/machine/drives.c): struct machine_drive, in the order added. */
     GMutex drives_lock;
     GList *drives;

@@ -37,6 +37,7 @@ def one_error_line(proc, text):
 def test_help_and_version():
     p = run("--help")
     assert p.returncode == 0 and "--kernel FILE" in p.stdout and "Ctrl-A x" in p.stdout
+    assert "--netdev SPEC" in p.stdout and "virtio-net-pci,netdev=ID" in p.stdout
     p = run("--version")
     assert p.returncode == 0 and p.stdout.startswith("vmm-run (libvmm) 0.")
 
@@ -44,7 +45,7 @@ def test_help_and_version():
 def test_device_help_lists_types_from_the_library():
     p = run("--device", "help")
     assert p.returncode == 0
-    for name in ("isa-serial", "isa-debug-exit"):
+    for name in ("isa-serial", "isa-debug-exit", "virtio-net-pci", "virtio-net-device"):
         assert name in p.stdout
     p = run("--device", "isa-debug-exit,help")
     assert p.returncode == 0
@@ -69,6 +70,12 @@ def test_device_help_lists_types_from_the_library():
     (["--kernel", "K", "--machine", "pdp11"], "unknown machine type 'pdp11'"),
     (["--kernel", "K", "--serial", "telnet"], "--serial 'telnet': expected stdio, file:PATH or none"),
     (["--kernel", "K", "stray"], "unexpected argument 'stray'"),
+    (["--kernel", "K", "--netdev", "tap,id=n0"], "--netdev tap,id=n0: vmm_machine_add_netdev: "
+     "netdev 'n0': tap: give ifname=NAME, fd=N or fds=A:B"),
+    (["--kernel", "K", "--netdev", "tap,id=n0,fd=99"], "fd: 99 is not an open file descriptor"),
+    (["--kernel", "K", "--netdev", "tap,id=n0,ifname=t0,speed=9"], "tap: unknown property 'speed'"),
+    (["--kernel", "K", "--netdev", "vde,id=n0"], "unknown netdev type 'vde' (known: tap)"),
+    (["--kernel", "K", "--netdev"], "option '--netdev' needs a value"),
     (["--kernel", "K", "--drive", "file=/etc/hostname,if=scsi"], "if=scsi: expected virtio or none"),
     (["--kernel", "K", "--drive", "file=/etc/hostname,cache=fast"],
      "cache=fast: expected one of writeback, none, writethrough, directsync, unsafe"),

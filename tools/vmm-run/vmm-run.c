@@ -36,6 +36,10 @@ static const char usage_text[] =
     "                       [,serial=S][,werror=|rerror=report|ignore|stop];\n"
     "                       if=virtio (default) also adds a virtio-blk device, if=none\n"
     "                       only defines drive ID for --device virtio-blk-pci,drive=ID\n"
+    "  --netdev SPEC        add a network backend: tap,id=ID,ifname=NAME|fd=N|fds=A:B\n"
+    "                       [,queues=N][,vnet_hdr=on|off]; NICs use it with\n"
+    "                       --device virtio-net-pci,netdev=ID[,mac=52:54:00:12:34:56]\n"
+    "                       (virtio-net-device on microvm)\n"
     "  --no-reboot          end when the guest resets instead of restarting it\n"
     "  --qmp unix:PATH[,server,nowait]  serve QMP (QEMU's control protocol) there\n"
     "  --log FILE           append this machine's log (events, errors) to FILE\n"
@@ -54,6 +58,8 @@ struct options {
     int nr_devices;
     const char **drives;
     int nr_drives;
+    const char **netdevs;
+    int nr_netdevs;
     bool no_reboot, verbose;
 };
 
@@ -135,7 +141,7 @@ static bool asks_for_help(const char *spec)
 
 enum { OPT_KERNEL = 256, OPT_INITRD, OPT_APPEND, OPT_CPUS, OPT_MEMORY, OPT_CPU_MODEL,
        OPT_MACHINE, OPT_SERIAL, OPT_DEVICE, OPT_NO_REBOOT, OPT_VERBOSE, OPT_VERSION,
-       OPT_QMP, OPT_LOG, OPT_DRIVE };
+       OPT_QMP, OPT_LOG, OPT_DRIVE, OPT_NETDEV };
 
 static const struct option long_options[] = {
     { "kernel", required_argument, NULL, OPT_KERNEL },
@@ -148,6 +154,7 @@ static const struct option long_options[] = {
     { "serial", required_argument, NULL, OPT_SERIAL },
     { "device", required_argument, NULL, OPT_DEVICE },
     { "drive", required_argument, NULL, OPT_DRIVE },
+    { "netdev", required_argument, NULL, OPT_NETDEV },
     { "no-reboot", no_argument, NULL, OPT_NO_REBOOT },
     { "verbose", no_argument, NULL, OPT_VERBOSE },
     { "version", no_argument, NULL, OPT_VERSION },
@@ -162,6 +169,7 @@ static void parse_options(int argc, char **argv, struct options *o)
     opterr = 0;
     o->devices = calloc((size_t)argc, sizeof(*o->devices));
     o->drives = calloc((size_t)argc, sizeof(*o->drives));
+    o->netdevs = calloc((size_t)argc, sizeof(*o->netdevs));
     int c;
     while ((c = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
         switch (c) {
@@ -175,6 +183,7 @@ static void parse_options(int argc, char **argv, struct options *o)
         case OPT_SERIAL: o->serial = optarg; break;
         case OPT_DEVICE: o->devices[o->nr_devices++] = optarg; break;
         case OPT_DRIVE: o->drives[o->nr_drives++] = optarg; break;
+        case OPT_NETDEV: o->netdevs[o->nr_netdevs++] = optarg; break;
         case OPT_NO_REBOOT: o->no_reboot = true; break;
         case OPT_VERBOSE: o->verbose = true; break;
         case OPT_QMP: o->qmp = optarg; break;
@@ -402,7 +411,19 @@ int main(int argc, char **argv)
             vmm_machine_free(m);
             free(o.devices);
             free(o.drives);
+            free(o.netdevs);
             die("%s", why ? why : "out of memory");
+        }
+    }
+    for (int i = 0; i < o.nr_netdevs; i++) {   /* before the NICs that name them */
+        if (vmm_machine_add_netdev(m, o.netdevs[i]) < 0) {
+            const char *spec = o.netdevs[i];
+            char *why = strdup(vmm_get_error());
+            vmm_machine_free(m);
+            free(o.devices);
+            free(o.drives);
+            free(o.netdevs);
+            die("--netdev %s: %s", spec, why ? why : "out of memory");
         }
     }
     for (int i = 0; i < o.nr_devices; i++)
@@ -429,5 +450,6 @@ int main(int argc, char **argv)
         vmm_machine_free(m);
     free(o.devices);
     free(o.drives);
+    free(o.netdevs);
     return status;
 }

@@ -212,7 +212,8 @@ class Machine(_Resource):
     gets each chunk of console output (bytes); `on_event` each Event.  Use it
     as a context manager, or call close(): the machine is always freed."""
 
-    def __init__(self, type="microvm", *, devices=(), on_serial=None, on_event=None, **props):
+    def __init__(self, type="microvm", *, devices=(), netdevs=(), on_serial=None, on_event=None,
+                 **props):
         self._m = ffi.NULL
         self._console = bytearray()
         self._console_lock = threading.Lock()
@@ -230,6 +231,8 @@ class Machine(_Resource):
             _check(lib.vmm_machine_set_event_callback(m, self._event_cb, ffi.NULL, ffi.NULL))
             for key, value in props.items():
                 self.set(key, value)
+            for spec in netdevs:
+                self.add_netdev(spec)
             for spec in devices:
                 self.add_device(spec)
         except BaseException:
@@ -314,6 +317,19 @@ class Machine(_Resource):
         _check(lib.vmm_machine_add_device(self.handle, full.encode()))
         fields = dict(p.split("=", 1) for p in full.split(",")[1:] if "=" in p)
         return Device(self, full.split(",")[0], fields.get("id"))
+
+    def add_netdev(self, spec, **props):
+        """Add a network backend before the NICs that use it:
+        add_netdev("tap,id=n0,ifname=tap0") or add_netdev("tap", id="n0", fd=5).
+        Keys keep their underscores (vnet_hdr)."""
+        if props:
+            spec = ",".join([spec] + ["%s=%s" % (k, _value_text(v).replace(",", ",,"))
+                                      for k, v in props.items()])
+        _check(lib.vmm_machine_add_netdev(self.handle, spec.encode()))
+
+    def set_link(self, name, up):
+        """Link of a netdev or NIC (netdev id or device id) up or down, as QMP set_link."""
+        _check(lib.vmm_machine_set_link(self.handle, name.encode(), 1 if up else 0))
 
     def remove_device(self, id):
         _check(lib.vmm_machine_remove_device(self.handle, id.encode()))

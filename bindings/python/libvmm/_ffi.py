@@ -214,6 +214,8 @@ int vmm_machine_add_drive(vmm_machine *m, const char *spec);
 int vmm_machine_add_block(vmm_machine *m, const char *id, vmm_block *blk, int read_only);
 int vmm_machine_remove_drive(vmm_machine *m, const char *id);
 int vmm_machine_remove_device(vmm_machine *m, const char *id);
+int vmm_machine_add_netdev(vmm_machine *m, const char *spec);
+int vmm_machine_set_link(vmm_machine *m, const char *name, int up);
 int vmm_machine_set_log_callback(vmm_machine *m, vmm_log_fn fn, void *user_data,
                                  vmm_free_fn free_fn, int max_level);
 int vmm_machine_set_log_file(vmm_machine *m, const char *path, int max_level);

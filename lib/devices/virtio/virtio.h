@@ -227,6 +227,7 @@ extern const struct state_desc virtio_state_desc;
         .ops = ops_ }
 
 extern const struct virtio_device_class device_virtio_rng_pci, device_virtio_rng_mmio;
+extern const struct virtio_device_class device_virtio_net_pci, device_virtio_net_mmio;
 extern const struct virtio_device_class device_virtio_blk_pci, device_virtio_blk_mmio;
 
 /* microvm: describe the virtio-mmio devices in the DSDT (acpi-aml.h). */

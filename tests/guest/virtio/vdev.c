@@ -403,3 +403,31 @@ bool ioapic_route_level(unsigned gsi, uint8_t vector)
     ioapic_write(reg, vector | (1u << 15));   /* fixed, physical, active high, level */
     return true;
 }
+
+/* ---- interrupt counting ------------------------------------------------------ */
+
+volatile unsigned vdev_queue_irqs, vdev_config_irqs;
+static struct vdev *counted_dev;
+
+static void count_queue(struct interrupt_frame *f) { (void)f; vdev_queue_irqs++; x2apic_eoi(); }
+static void count_config(struct interrupt_frame *f) { (void)f; vdev_config_irqs++; x2apic_eoi(); }
+
+/* A level line: the ISR read (PCI) or status + ack (MMIO) lowers it. */
+static void count_line(struct interrupt_frame *f)
+{
+    (void)f;
+    uint8_t isr = vdev_isr(counted_dev);
+    if (isr & 1)
+        vdev_queue_irqs++;
+    if (isr & 2)
+        vdev_config_irqs++;
+    x2apic_eoi();
+}
+
+void vdev_count_irqs(struct vdev *d, uint8_t queue_vec, uint8_t config_vec, uint8_t line_vec)
+{
+    counted_dev = d;
+    idt_set_handler(queue_vec, count_queue);
+    idt_set_handler(config_vec, count_config);
+    idt_set_handler(line_vec, count_line);
+}

@@ -108,6 +108,12 @@ void vq_post(struct vq *vq, uint16_t head);
 /* Wait up to ~`ms` for a used entry; true with *id, *len. */
 bool vq_wait_used(struct vq *vq, uint32_t *id, uint32_t *len, unsigned ms);
 
+/* Count interrupts in vdev_queue_irqs / vdev_config_irqs: handlers for
+ * the MSI-X queue and config vectors and for a level line (INTx, MMIO)
+ * whose handler reads the ISR of `d`. */
+extern volatile unsigned vdev_queue_irqs, vdev_config_irqs;
+void vdev_count_irqs(struct vdev *d, uint8_t queue_vec, uint8_t config_vec, uint8_t line_vec);
+
 /* Level-triggered IOAPIC route for an MMIO device's GSI (false: not on
  * the first IOAPIC). */
 bool ioapic_route_level(unsigned gsi, uint8_t vector);
