@@ -113,6 +113,8 @@ void device_free(struct device *dev)
         return;
     if (dev->realized && dev->cls->unrealize)
         dev->cls->unrealize(dev);
+    if (dev->cls->finalize)
+        dev->cls->finalize(dev);
     vmm_props_release(dev->cls->props, dev);
     vmm_props_release(common_props, dev);
     pthread_mutex_destroy(&dev->lock);

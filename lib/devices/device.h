@@ -21,6 +21,9 @@ struct device_class {
     /* Claim resources (address ranges, IRQs); fail with a clear error. */
     int (*realize)(struct device *dev);
     void (*unrealize)(struct device *dev);
+    /* Optional: free what the device set up when it was created (runs
+     * last, whether or not it was realized). */
+    void (*finalize)(struct device *dev);
     /* Back to power-on state (called with the device lock held). */
     void (*reset)(struct device *dev);
     /* Saved state: a plain struct described by `state`. */

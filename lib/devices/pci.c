@@ -512,10 +512,17 @@ static void pci_host_unrealize(struct device *dev)
         address_space_unmap(&m->pio, CFC_PORT);
     if (h->mapped_ecam)
         address_space_unmap(&m->mmio, PCI_ECAM_BASE);
+}
+
+/* The bus lives from pci_host_create on: devices realized before a failed
+ * start already took routes from it. */
+static void pci_host_finalize(struct device *dev)
+{
+    struct pci_host *h = (struct pci_host *)dev;
     pci_bus_release_routes(&h->bus);
     pthread_mutex_destroy(&h->bus.lock);
-    if (m->pci == &h->bus)
-        m->pci = NULL;
+    if (dev->m->pci == &h->bus)
+        dev->m->pci = NULL;
 }
 
 static void pci_host_reset(struct device *dev)
@@ -534,6 +541,7 @@ const struct device_class device_pci_host = {
     .platform = true,
     .realize = pci_host_realize,
     .unrealize = pci_host_unrealize,
+    .finalize = pci_host_finalize,
     .reset = pci_host_reset,
 };
 
