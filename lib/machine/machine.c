@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "devices/acpi-pm.h"
+#include "chardev/chardev.h"
 #include "devices/device.h"
 #include "introspect.h"
 #include "machine/machine.h"
@@ -757,6 +758,7 @@ LIBVMM_EXPORT void vmm_machine_free(vmm_machine *m)
         device_free(m->devices);
         m->devices = next;
     }
+    chardev_free_all(m);   /* after the devices, their frontends */
     for (unsigned i = 0; i < m->nr_vcpus; i++)
         vcpu_destroy(m->vcpus[i]);
     free(m->vcpus);

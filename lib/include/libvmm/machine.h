@@ -61,6 +61,16 @@ LIBVMM_EXPORT char *vmm_machine_get(vmm_machine *m, const char *key);
  * See vmm_list_types("device") and vmm_list_properties("device", type). */
 LIBVMM_EXPORT int vmm_machine_add_device(vmm_machine *m, const char *spec);
 
+/* Add a character device (a host end for a device such as a virtio-console
+ * port) from QEMU's -chardev syntax "BACKEND,id=ID,...": "null", "stdio",
+ * "fd,in=FD,out=FD" (not closed by the machine), "file,path=P[,append=on]",
+ * "socket,path=P,server=on,wait=off" (a Unix socket; one client at a time,
+ * the next one after a disconnect) or "socket,path=P[,reconnect=SECONDS]"
+ * (client).  Devices name it with chardev=ID.  Files and sockets are opened
+ * here, so a listening socket accepts connections before the machine starts.
+ * Only in CREATED. */
+LIBVMM_EXPORT int vmm_machine_add_chardev(vmm_machine *m, const char *spec);
+
 /* Console output: the guest's serial port bytes go to `fn` (called on the
  * vCPU thread that wrote them; keep it short). */
 typedef void (*vmm_output_fn)(void *user_data, const void *data, size_t len);
