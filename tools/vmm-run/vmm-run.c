@@ -30,6 +30,11 @@ static const char usage_text[] =
     "  --serial MODE        stdio (default), file:PATH or none\n"
     "  --device SPEC        add a device: TYPE,key=value,... ('help' lists types,\n"
     "                       'TYPE,help' lists a type's properties)\n"
+    "  --chardev SPEC       add a host end for a device: BACKEND,id=ID,... with\n"
+    "                       BACKEND null, stdio, fd (in=FD,out=FD), file (path=P)\n"
+    "                       or socket (path=P,server=on,wait=off | path=P[,reconnect=S]);\n"
+    "                       e.g. --device virtio-serial-pci --device\n"
+    "                       virtserialport,chardev=ID,name=org.qemu.guest_agent.0\n"
     "  --no-reboot          end when the guest resets instead of restarting it\n"
     "  --qmp unix:PATH[,server,nowait]  serve QMP (QEMU's control protocol) there\n"
     "  --log FILE           append this machine's log (events, errors) to FILE\n"
@@ -46,6 +51,8 @@ struct options {
     const char *qmp, *log;
     const char **devices;
     int nr_devices;
+    const char **chardevs;
+    int nr_chardevs;
     bool no_reboot, verbose;
 };
 
@@ -127,7 +134,7 @@ static bool asks_for_help(const char *spec)
 
 enum { OPT_KERNEL = 256, OPT_INITRD, OPT_APPEND, OPT_CPUS, OPT_MEMORY, OPT_CPU_MODEL,
        OPT_MACHINE, OPT_SERIAL, OPT_DEVICE, OPT_NO_REBOOT, OPT_VERBOSE, OPT_VERSION,
-       OPT_QMP, OPT_LOG };
+       OPT_QMP, OPT_LOG, OPT_CHARDEV };
 
 static const struct option long_options[] = {
     { "kernel", required_argument, NULL, OPT_KERNEL },
@@ -139,6 +146,7 @@ static const struct option long_options[] = {
     { "machine", required_argument, NULL, OPT_MACHINE },
     { "serial", required_argument, NULL, OPT_SERIAL },
     { "device", required_argument, NULL, OPT_DEVICE },
+    { "chardev", required_argument, NULL, OPT_CHARDEV },
     { "no-reboot", no_argument, NULL, OPT_NO_REBOOT },
     { "verbose", no_argument, NULL, OPT_VERBOSE },
     { "version", no_argument, NULL, OPT_VERSION },
@@ -152,6 +160,7 @@ static void parse_options(int argc, char **argv, struct options *o)
 {
     opterr = 0;
     o->devices = calloc((size_t)argc, sizeof(*o->devices));
+    o->chardevs = calloc((size_t)argc, sizeof(*o->chardevs));
     int c;
     while ((c = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
         switch (c) {
@@ -164,6 +173,7 @@ static void parse_options(int argc, char **argv, struct options *o)
         case OPT_MACHINE: o->machine = optarg; break;
         case OPT_SERIAL: o->serial = optarg; break;
         case OPT_DEVICE: o->devices[o->nr_devices++] = optarg; break;
+        case OPT_CHARDEV: o->chardevs[o->nr_chardevs++] = optarg; break;
         case OPT_NO_REBOOT: o->no_reboot = true; break;
         case OPT_VERBOSE: o->verbose = true; break;
         case OPT_QMP: o->qmp = optarg; break;
@@ -271,6 +281,20 @@ static int exit_status(vmm_machine *m)
     }
 }
 
+/* Chardevs before devices (devices name them); stdin has one reader. */
+static void add_chardevs(vmm_machine *m, const struct options *o)
+{
+    bool serial_stdio = !o->serial || !strcmp(o->serial, "stdio");
+    for (int i = 0; i < o->nr_chardevs; i++) {
+        const char *spec = o->chardevs[i];
+        if (serial_stdio && (!strcmp(spec, "stdio") || !strncmp(spec, "stdio,", 6)))
+            die("--chardev %s: the serial console uses stdio already (add --serial none or "
+                "--serial file:PATH)", spec);
+        if (vmm_machine_add_chardev(m, spec) < 0)
+            die("--chardev %s: %s", spec, vmm_get_error());
+    }
+}
+
 int main(int argc, char **argv)
 {
     struct options o = { 0 };
@@ -296,6 +320,7 @@ int main(int argc, char **argv)
     set_property(m, "memory", o.memory);
     set_property(m, "cpu-model", o.cpu_model);
     set_property(m, "reboot", o.no_reboot ? "off" : NULL);
+    add_chardevs(m, &o);
     for (int i = 0; i < o.nr_devices; i++)
         if (vmm_machine_add_device(m, o.devices[i]) < 0)
             die_api();
@@ -319,5 +344,6 @@ int main(int argc, char **argv)
     if (!use_stdin)
         vmm_machine_free(m);
     free(o.devices);
+    free(o.chardevs);
     return status;
 }

@@ -211,7 +211,8 @@ class Machine(_Resource):
     gets each chunk of console output (bytes); `on_event` each Event.  Use it
     as a context manager, or call close(): the machine is always freed."""
 
-    def __init__(self, type="microvm", *, devices=(), on_serial=None, on_event=None, **props):
+    def __init__(self, type="microvm", *, devices=(), chardevs=(), on_serial=None, on_event=None,
+                 **props):
         self._m = ffi.NULL
         self._console = bytearray()
         self._console_lock = threading.Lock()
@@ -229,6 +230,8 @@ class Machine(_Resource):
             _check(lib.vmm_machine_set_event_callback(m, self._event_cb, ffi.NULL, ffi.NULL))
             for key, value in props.items():
                 self.set(key, value)
+            for spec in chardevs:
+                self.add_chardev(spec)
             for spec in devices:
                 self.add_device(spec)
         except BaseException:
@@ -312,6 +315,12 @@ class Machine(_Resource):
         _check(lib.vmm_machine_add_device(self.handle, full.encode()))
         fields = dict(p.split("=", 1) for p in full.split(",")[1:] if "=" in p)
         return Device(self, full.split(",")[0], fields.get("id"))
+
+    def add_chardev(self, spec, **props):
+        """Add a host end for devices: add_chardev("socket", id="c0", path=P, server=True,
+        wait=False) or a full spec string ("socket,id=c0,path=P,server=on,wait=off")."""
+        full = _spec(spec, props) if props else spec
+        _check(lib.vmm_machine_add_chardev(self.handle, full.encode()))
 
     def remove_device(self, id):
         _check(lib.vmm_machine_remove_device(self.handle, id.encode()))

@@ -146,11 +146,11 @@ static struct vcon_port *port_with_pending(struct virtio_console *vc)
 static bool fill_ctrl(struct virtio_console *vc, const struct vq_chain *c, struct vcon_port *p,
                       const struct vcon_ctrl *msg, uint32_t *written)
 {
-    uint8_t buf[sizeof(*msg) + VCON_MAX_NAME];
+    uint8_t buf[sizeof(*msg) + VCON_MAX_NAME + 1];
     uint32_t len = sizeof(*msg);
     memcpy(buf, msg, sizeof(*msg));
     if (msg->event == VCON_PORT_NAME) {
-        size_t n = strlen(p->name);
+        size_t n = strlen(p->name) + 1;   /* with the NUL, as QEMU sends it */
         memcpy(buf + len, p->name, n);
         len += (uint32_t)n;
     }
