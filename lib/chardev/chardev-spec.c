@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include "chardev/chardev.h"
 #include "util/util.h"
 
@@ -78,6 +79,9 @@ static int parse_socket(vmm_opts *opts, struct chardev_config *cfg)
     if (need_path(opts, cfg) < 0 || parse_flag(opts, "server", false, &cfg->server) < 0 ||
         parse_flag(opts, "wait", false, &wait) < 0 || parse_u32(opts, "reconnect", &cfg->reconnect_s) < 0)
         return -1;
+    if (strlen(cfg->path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        return vmm_set_error(ENAMETOOLONG, "socket path '%s' is longer than %zu bytes", cfg->path,
+                             sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
     if (wait)
         return vmm_set_error(EINVAL, "wait=on is not supported: the machine never blocks for a "
                              "client (use wait=off)");

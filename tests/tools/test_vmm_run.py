@@ -3,6 +3,7 @@ introspection, exit statuses, the console, Ctrl-A x, and one clear error
 line for each kind of bad input."""
 import os
 import shutil
+import socket
 import subprocess
 import time
 
@@ -146,3 +147,110 @@ def test_ctrl_a_x_quits():
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert b"pio-loop: done" not in out
+
+
+# ---- --chardev and the virtio-console ports -------------------------------------------------
+
+@pytest.mark.parametrize("args, text", [
+    (["--chardev", "tcp,id=c0"], "unknown chardev backend 'tcp' (known: null, stdio, fd, file, socket)"),
+    (["--chardev", "null"], "null: chardevs need id="),
+    (["--chardev", "socket,id=c0"], "chardev 'c0': socket needs path="),
+    (["--chardev", "socket,id=c0,path=/tmp/x.sock,server=on,wait=on"], "wait=on is not supported"),
+    (["--chardev", "socket,id=c0,path=/tmp/x.sock,server=on,reconnect=2"],
+     "reconnect= is for client sockets"),
+    (["--chardev", "socket,id=c0,path=/nonexistent/vmm.sock"],
+     "chardev 'c0': connect /nonexistent/vmm.sock: No such file or directory"),
+    (["--chardev", "socket,id=c0,path=/tmp/" + "x" * 120, "--serial", "none"], "longer than 107 bytes"),
+    (["--chardev", "file,id=f,path=/nonexistent/dir/out"], "/nonexistent/dir/out: No such file or directory"),
+    (["--chardev", "fd,id=f,in=987"], "in=987 out=-1: not an open file descriptor"),
+    (["--chardev", "fd,id=f"], "fd needs in=FD and/or out=FD"),
+    (["--chardev", "fd,id=f,in=x"], "in=x: not a file descriptor number"),
+    (["--chardev", "null,id=a,colour=red"], "null: unknown property 'colour'"),
+    (["--chardev", "null,id=a", "--chardev", "null,id=a"], "a chardev with id 'a' exists already"),
+    (["--chardev", "stdio,id=s"], "the serial console uses stdio already"),
+    (["--device", "virtio-serial-pci,max_ports=16"], "max_ports"),
+])
+def test_bad_chardev_input_gets_one_clear_line(args, text):
+    one_error_line(run("--kernel", "K", *args), text)
+
+
+@needs_kvm
+@pytest.mark.parametrize("devices, text", [
+    (["virtio-serial-pci", "virtserialport,chardev=nope"], "chardev 'nope' does not exist"),
+    (["virtserialport,chardev=c"], "no virtio-serial device"),
+    (["virtio-serial-pci,id=vs0", "virtserialport,chardev=c,bus=vs9.0"], "no virtio-serial device 'vs9.0'"),
+    (["virtio-serial-pci", "virtserialport,chardev=c", "virtconsole,chardev=c"],
+     "chardev 'c' is already used by virtio-serial-pci port 1"),
+    (["virtio-serial-pci,max_ports=2", "virtserialport,chardev=c,nr=2"], "nr=2: the device has max_ports=2"),
+    (["virtio-serial-pci,chardev=c", "virtconsole,chardev=d,nr=0"], "port 0 is taken"),
+    (["virtio-serial-pci", "virtserialport,chardev=c,name=" + "n" * 128], "name must have 1 to 127"),
+])
+def test_bad_port_devices_are_named(devices, text):
+    args = ["--kernel", guest("hello-exit"), "--machine", "pc", "--chardev", "null,id=c",
+            "--chardev", "null,id=d"]
+    for d in devices:
+        args += ["--device", d]
+    one_error_line(run(*args), text)
+
+
+def connect_when_listening(path, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            return s
+        except OSError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def read_until(s, needle, timeout=60):
+    s.settimeout(timeout)
+    data = b""
+    while needle not in data:
+        chunk = s.recv(4096)
+        assert chunk, "the port closed after %r" % data
+        data += chunk
+    return data
+
+
+@needs_kvm
+@pytest.mark.parametrize("machine, devices", [
+    ("pc", ["virtio-serial-pci", "virtconsole,chardev=con",
+            "virtserialport,chardev=port,name=org.libvmm.test.0"]),
+    ("microvm", ["virtio-console-device,chardev=con",
+                 "virtserialport,chardev=port,name=org.libvmm.test.0"]),
+])
+def test_console_ports_through_sockets_and_files(tmp_path, machine, devices):
+    """The guest's console port goes to a file; its named port to a Unix
+    socket where a first client connects and leaves (the server then takes
+    the next one) and a second greets, reads the guest's line and replies."""
+    sock, console = str(tmp_path / "port.sock"), tmp_path / "console.txt"
+    args = ["--kernel", os.path.join(GUESTS, "virtio", "virtio-console.elf"), "--machine", machine,
+            "--append", "transport=" + ("pci" if machine == "pc" else "mmio"),
+            "--serial", f"file:{tmp_path / 'serial.txt'}", *EXIT_DEV,
+            "--chardev", f"file,id=con,path={console}",
+            "--chardev", f"socket,id=port,path={sock},server=on,wait=off"]
+    for d in devices:
+        args += ["--device", d]
+    proc = subprocess.Popen([VMM_RUN, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        connect_when_listening(sock).close()
+        with connect_when_listening(sock) as peer:
+            peer.sendall(b"early bird\n")
+            line = read_until(peer, b"\n")
+            assert line == b"hello from the guest on org.libvmm.test.0\n"
+            peer.sendall(b"reply: " + line)
+            out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    serial = (tmp_path / "serial.txt").read_text()
+    assert proc.returncode == 33, serial + err.decode()
+    assert "virtio-console: ok" in serial
+    assert console.read_text() == "console: hello from port 0\n"
+    assert not os.path.exists(sock), "the server socket is removed when the machine ends"
