@@ -273,7 +273,7 @@ static const char *event_name(enum vmm_event_type type)
 {
     static const char *const names[] = {
         NULL, "STOP", "RESUME", "SHUTDOWN", "RESET", "POWERDOWN", "DEVICE_DELETED",
-        "BLOCK_IO_ERROR",
+        "BLOCK_IO_ERROR", "VSERPORT_CHANGE",
     };
     return (unsigned)type < VMM_ARRAY_SIZE(names) ? names[type] : "UNKNOWN";
 }

@@ -224,6 +224,48 @@ static void port_ready(struct virtio_console *vc, struct vcon_port *p, uint16_t 
         queue_ctrl(p, PEND_OPEN);
 }
 
+struct port_change {
+    vmm_machine *m;
+    char *id;
+    bool open;
+};
+
+static gboolean emit_port_change(gpointer opaque)
+{
+    struct port_change *pc = opaque;
+    machine_emit(pc->m, VMM_EVENT_VSERPORT_CHANGE, 1, NULL, pc->id, pc->open ? "open" : "closed");
+    return G_SOURCE_REMOVE;
+}
+
+static void free_port_change(gpointer opaque)
+{
+    struct port_change *pc = opaque;
+    free(pc->id);
+    free(pc);
+}
+
+/* VSERPORT_CHANGE, from the I/O loop: never with the device lock held (an
+ * event callback may pause the machine, which waits for the vCPUs). */
+static void queue_port_change(struct virtio_console *vc, const struct vcon_port *p)
+{
+    vmm_machine *m = vc->proxy.pci.dev.m;
+    struct port_change *pc = calloc(1, sizeof(*pc));
+    if (!pc || !m->io_context)
+        goto fail;
+    pc->m = m;
+    pc->open = p->guest_open;
+    pc->id = strdup(p->owner && p->owner->id ? p->owner->id : "");
+    if (!pc->id)
+        goto fail;
+    GSource *src = g_idle_source_new();
+    g_source_set_callback(src, emit_port_change, pc, free_port_change);
+    g_source_attach(src, m->io_context);
+    g_source_unref(src);
+    return;
+fail:
+    free(pc);
+}
+
 static void guest_port_open(struct virtio_console *vc, struct vcon_port *p, uint16_t value)
 {
     bool open = value != 0;
@@ -232,6 +274,7 @@ static void guest_port_open(struct virtio_console *vc, struct vcon_port *p, uint
     p->guest_open = open;
     vmm_log(VMM_LOG_INFO, "virtio-console", "%s: port %u%s%s: guest %s", vcon_name(vc), p->nr,
             p->name ? " " : "", p->name ? p->name : "", open ? "opened" : "closed");
+    queue_port_change(vc, p);
     if (open)
         chardev_accept_input(p->chr);
 }
@@ -453,6 +496,8 @@ static const struct chardev_frontend port_frontend = {
 static void vcon_queue_notify(struct virtio_device *vdev, unsigned q)
 {
     struct virtio_console *vc = vcon_of(vdev);
+    if (q >= 2 && !multiport(vc))
+        return;   /* only port 0 exists without MULTIPORT */
     if (q == VCON_CTRL_RX) {
         flush_ctrl(vc);
         return;

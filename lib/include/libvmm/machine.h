@@ -129,6 +129,8 @@ enum vmm_event_type {
     VMM_EVENT_POWERDOWN = 5,   /* "POWERDOWN": a power-off request reached the guest */
     VMM_EVENT_DEVICE_DELETED = 6, /* "DEVICE_DELETED": device (id) is gone */
     VMM_EVENT_BLOCK_IO_ERROR = 7, /* "BLOCK_IO_ERROR": device's backend failed */
+    VMM_EVENT_VSERPORT_CHANGE = 8, /* "VSERPORT_CHANGE": the guest opened or closed the
+                                      virtio-serial port `device` (message "open"/"closed") */
 };
 
 struct vmm_event {
@@ -143,7 +145,7 @@ struct vmm_event {
      * "host-error" (a vCPU or device failed), "host-qmp-quit" (stopped or
      * freed), "host-qmp-system-reset" (vmm_machine_reset); else NULL. */
     const char *reason;
-    const char *device;        /* DEVICE_DELETED, BLOCK_IO_ERROR: device id */
+    const char *device;        /* DEVICE_DELETED, BLOCK_IO_ERROR, VSERPORT_CHANGE: device id */
     const char *message;       /* human-readable detail, or NULL */
 };
 

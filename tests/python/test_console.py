@@ -1,0 +1,182 @@
+"""Chardevs and virtio-console ports through the Python package on real
+guests: a named port on a Unix socket (server and reconnecting client), the
+console port on a pipe, VSERPORT_CHANGE events when the guest opens and
+closes its port, and backpressure: a port the guest never opens is not read
+into memory without bound."""
+import errno
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+import libvmm
+
+BUILD = os.environ.get("VMM_BUILD_DIR", "build")
+CONSOLE_GUEST = os.path.join(BUILD, "tests", "guest", "virtio", "virtio-console.elf")
+LOOP_GUEST = os.path.join(BUILD, "tests", "guest", "pio-loop.elf")
+EXIT_DEV = "isa-debug-exit,iobase=0xf4,iosize=4"
+PORT = "org.libvmm.test.0"
+needs_kvm = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
+                               reason="/dev/kvm is missing or not accessible")
+
+
+def test_chardev_errors_carry_the_librarys_message():
+    with libvmm.Machine() as m:
+        m.add_chardev("null", id="n0")
+        with pytest.raises(libvmm.Error) as e:
+            m.add_chardev("null", id="n0")
+        assert "a chardev with id 'n0' exists already" in str(e.value)
+        assert e.value.errno == errno.EEXIST
+        with pytest.raises(libvmm.InvalidArgumentError) as e:
+            m.add_chardev("socket,id=s,path=/tmp/x.sock,server=on,wait=on")
+        assert "wait=on is not supported" in str(e.value)
+        with pytest.raises(libvmm.Error) as e:
+            m.add_chardev("socket", id="c", path="/nonexistent/x.sock")
+        assert "connect /nonexistent/x.sock" in str(e.value)
+
+
+def test_a_listening_chardev_takes_connections_before_the_machine_starts(tmp_path):
+    path = str(tmp_path / "s.sock")
+    with libvmm.Machine() as m:
+        m.add_chardev("socket", id="s", path=path, server=True, wait=False)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(path)   # queued in the backlog until the machine runs
+    assert not os.path.exists(path), "the socket file goes with the machine"
+
+
+class Peer(threading.Thread):
+    """The host end of port org.libvmm.test.0: greets, waits for the guest's
+    line, replies "reply: " + line."""
+
+    def __init__(self, sock):
+        super().__init__(daemon=True)
+        self.sock, self.line, self.error = sock, b"", None
+
+    def run(self):
+        try:
+            with self.sock:
+                self.sock.settimeout(60)
+                self.sock.sendall(b"early bird\n")
+                while not self.line.endswith(b"\n"):
+                    chunk = self.sock.recv(4096)
+                    if not chunk:
+                        raise EOFError("the port closed after %r" % self.line)
+                    self.line += chunk
+                self.sock.sendall(b"reply: " + self.line)
+                time.sleep(0.5)   # let the guest read it before we hang up
+        except Exception as e:    # reported by the test
+            self.error = e
+
+
+def connect(path, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(path)
+            return s
+        except OSError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def console_machine(chardev_spec, console_fd, events):
+    return libvmm.Machine("pc", kernel=CONSOLE_GUEST, cmdline="transport=pci", reboot=False,
+                          chardevs=["fd,id=con,out=%d" % console_fd, chardev_spec],
+                          devices=[EXIT_DEV, "virtio-serial-pci,id=vs0", "virtconsole,chardev=con",
+                                   "virtserialport,id=port1,chardev=port,name=%s,bus=vs0.0" % PORT],
+                          on_event=events.append)
+
+
+def read_all(fd):
+    os.set_blocking(fd, False)
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+@needs_kvm
+def test_named_port_round_trip_with_events(tmp_path):
+    path = str(tmp_path / "port.sock")
+    r, w = os.pipe()
+    events = []
+    try:
+        with console_machine("socket,id=port,path=%s,server=on,wait=off" % path, w, events) as m:
+            m.start()
+            peer = Peer(connect(path))
+            peer.start()
+            m.wait(timeout=120)
+            peer.join(10)
+            assert m.exit_code == 33, m.console
+        assert peer.error is None, peer.error
+        assert peer.line == b"hello from the guest on %s\n" % PORT.encode()
+        assert read_all(r) == b"console: hello from port 0\n"
+    finally:
+        os.close(r)
+        os.close(w)
+    changes = [(e.device, e.message) for e in events if e.name == "VSERPORT_CHANGE"]
+    # Port 0 (virtconsole, no id) opens too; port1 opens and closes.
+    assert ("port1", "open") in changes and ("port1", "closed") in changes, changes
+    assert changes.index(("port1", "open")) < changes.index(("port1", "closed"))
+
+
+@needs_kvm
+def test_client_socket_reconnects_until_the_host_listens(tmp_path):
+    path = str(tmp_path / "host.sock")
+    r, w = os.pipe()
+    try:
+        with console_machine("socket,id=port,path=%s,reconnect=1" % path, w, []) as m:
+            m.start()
+            time.sleep(1.5)   # the machine tries and fails to connect meanwhile
+            with socket.socket(socket.AF_UNIX) as server:
+                server.bind(path)
+                server.listen(1)
+                server.settimeout(30)
+                conn, _ = server.accept()
+            peer = Peer(conn)
+            peer.start()
+            m.wait(timeout=120)
+            peer.join(10)
+            assert m.exit_code == 33, m.console
+        assert peer.error is None, peer.error
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@needs_kvm
+def test_a_closed_port_is_not_read_without_bound(tmp_path):
+    """The guest never drives the device: what the host sends stays in the
+    socket, so a nonblocking sender runs into EAGAIN after about the socket
+    buffers (a VMM reading everything into memory would take it all)."""
+    path = str(tmp_path / "port.sock")
+    with libvmm.Machine("pc", kernel=LOOP_GUEST, cmdline="count=100000000",
+                        chardevs=["socket,id=port,path=%s,server=on,wait=off" % path],
+                        devices=[EXIT_DEV, "virtio-serial-pci",
+                                 "virtserialport,chardev=port,name=%s" % PORT]) as m:
+        m.start()
+        with connect(path) as s:
+            s.setblocking(False)
+            sent, chunk, limit = 0, b"x" * 65536, 64 << 20
+            deadline = time.monotonic() + 30
+            while sent < limit and time.monotonic() < deadline:
+                try:
+                    sent += s.send(chunk)
+                except BlockingIOError:
+                    time.sleep(0.2)   # give the VMM the chance to read more, if it wrongly would
+                    try:
+                        sent += s.send(chunk)
+                    except BlockingIOError:
+                        break
+            assert sent < 16 << 20, "the VMM took %d bytes for a port nobody opened" % sent
+        m.stop()
