@@ -83,12 +83,17 @@ class SocketPeer(threading.Thread):
     the machine's Unix socket chardev, waits for `expect` (a regex) in what
     the guest sends and, with `reply`, answers reply + the matched text;
     `greeting` is sent as soon as it connects (before the guest opens its
-    port: the device must hold it, not drop it)."""
+    port: the device must hold it, not drop it).  With `bulk` (bytes), what
+    follows the matched line must be that many bytes of i % 251; the peer
+    stops reading for `bulk_delay_s` after its reply so that the guest runs
+    into a full socket (backpressure) and must wait, not lose data."""
 
     def __init__(self, spec, timeout):
         super().__init__(daemon=True)
         self.path, self.expect = spec["path"], re.compile(spec["expect"].encode(), re.MULTILINE)
         self.reply, self.greeting = spec.get("reply"), spec.get("greeting")
+        self.bulk, self.bulk_delay = spec.get("bulk", 0), spec.get("bulk_delay_s", 0)
+        self.bulk_from, self.replied_at = None, None
         self.deadline = time.monotonic() + timeout
         self.stop, self.connected, self.matched, self.data = threading.Event(), False, False, b""
 
@@ -113,8 +118,11 @@ class SocketPeer(threading.Thread):
             s.sendall(self.greeting.encode())
         with s:
             while not self.stop.is_set() and time.monotonic() < self.deadline:
+                if self.replied_at and time.monotonic() < self.replied_at + self.bulk_delay:
+                    time.sleep(0.05)
+                    continue
                 try:
-                    chunk = s.recv(4096)
+                    chunk = s.recv(65536)
                 except socket.timeout:
                     continue
                 except OSError:
@@ -124,9 +132,10 @@ class SocketPeer(threading.Thread):
                 self.data += chunk
                 m = None if self.matched else self.expect.search(self.data)
                 if m:
-                    self.matched = True
+                    self.matched, self.bulk_from = True, m.end()
                     if self.reply is not None:
                         s.sendall(self.reply.encode() + m.group(0))
+                        self.replied_at = time.monotonic()
 
     def problems(self):
         if not self.connected:
@@ -134,6 +143,17 @@ class SocketPeer(threading.Thread):
         if not self.matched:
             return [f"socket peer {self.path} never received {self.expect.pattern!r} "
                     f"(got {self.data!r})"]
+        return self.bulk_problems()
+
+    def bulk_problems(self):
+        if not self.bulk:
+            return []
+        got = self.data[self.bulk_from:]
+        want = bytes(i % 251 for i in range(self.bulk))
+        if got != want:
+            first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            return [f"socket peer {self.path}: bulk data: {len(got)} bytes, expected {self.bulk}; "
+                    f"first difference at byte {first}"]
         return []
 
 

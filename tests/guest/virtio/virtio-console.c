@@ -4,7 +4,9 @@
  * org.libvmm.test.0 (the host's greeting, sent before we opened the port,
  * must be held for us; then it answers "reply: " + our line) and a line
  * on the console port 0.  Polled rings, no interrupts.
- * cmdline: transport=pci|mmio; evil=1 first sends bogus control messages
+ * cmdline: transport=pci|mmio; bulk=N: then N KiB of i % 251 on the port
+ * in 4 KiB writes (the host stops reading for a while: each write must
+ * wait, not be lost); evil=1 first sends bogus control messages
  * (short, unknown port, unknown event) and a receive buffer too short for
  * a control message: the device must end in NEEDS_RESET and work after a
  * reset. */
@@ -37,7 +39,7 @@ static struct vq vqs[NQ];
 static uint8_t ctrl_rx_buf[NCTRL_BUFS][CTRL_BUF];
 static uint8_t ctrl_tx_buf[16];
 static uint8_t rx_buf[128];
-static uint8_t tx_buf[128];
+static uint8_t tx_buf[4096];
 static struct port ports[NPORTS];
 static unsigned queues;                /* set up */
 
@@ -205,6 +207,20 @@ static void write_port(unsigned nr, const char *text)
     wait_used(rxq(nr) + 1, 2000, "port write");
 }
 
+/* kib KiB of i % 251: more than the host's socket takes while it does not
+ * read, so some writes wait for it. */
+static void write_bulk(unsigned nr, uint64_t kib)
+{
+    uint32_t i = 0;
+    for (uint64_t k = 0; k < kib / 4; k++) {
+        for (unsigned j = 0; j < sizeof(tx_buf); j++, i = i == 250 ? 0 : i + 1)
+            tx_buf[j] = (uint8_t)i;
+        post(rxq(nr) + 1, 0, tx_buf, sizeof(tx_buf), false);
+        wait_used(rxq(nr) + 1, 30000, "bulk write");
+    }
+    printf("virtio-console: bulk: %lu KiB written\n", (unsigned long)(kib / 4 * 4));
+}
+
 /* Collect one line from the host (it may come in pieces). */
 static void read_line(unsigned nr, char *line, unsigned cap)
 {
@@ -254,6 +270,8 @@ int main(const struct hvm_start_info *si)
     if (strlen(line) != 7 + sizeof(hello) - 1 || strncmp(line, "reply: ", 7) ||
         memcmp(line + 7, hello, sizeof(hello) - 1))
         guest_fail("unexpected reply");
+    if (cmdline_u64("bulk", 0))
+        write_bulk((unsigned)np, cmdline_u64("bulk", 0));
 
     write_port(0, "console: hello from port 0\n");
     printf("virtio-console: console line written\n");
