@@ -25,19 +25,29 @@ static int parse_backend(const char *name, enum chardev_backend *out)
                          "socket)", name);
 }
 
-static int parse_fd(vmm_opts *opts, const char *key, int *out)
+/* key=N with min <= N <= max; *out keeps `absent` when the key is not given. */
+static int parse_number(vmm_opts *opts, const char *key, long min, long max, long absent,
+                        const char *what, long *out)
 {
     const char *text = vmm_opts_get(opts, key);
-    *out = -1;
+    *out = absent;
     if (!text)
         return 0;
     char *end;
     errno = 0;
     long v = strtol(text, &end, 10);
-    if (errno || end == text || *end || v < 0 || v > INT_MAX)
-        return vmm_set_error(EINVAL, "%s=%s: not a file descriptor number", key, text);
-    *out = (int)v;
+    if (errno || end == text || *end || v < min || v > max)
+        return vmm_set_error(EINVAL, "%s=%s: %s", key, text, what);
+    *out = v;
     return 0;
+}
+
+static int parse_fd(vmm_opts *opts, const char *key, int *out)
+{
+    long v;
+    int ret = parse_number(opts, key, 0, INT_MAX, -1, "not a file descriptor number", &v);
+    *out = (int)v;
+    return ret;
 }
 
 static int parse_flag(vmm_opts *opts, const char *key, bool def, bool *out)
@@ -46,21 +56,6 @@ static int parse_flag(vmm_opts *opts, const char *key, bool def, bool *out)
     *out = def;
     if (text && !vmm_parse_bool(text, out))
         return vmm_set_error(EINVAL, "%s=%s: expected on or off", key, text);
-    return 0;
-}
-
-static int parse_u32(vmm_opts *opts, const char *key, uint32_t *out)
-{
-    const char *text = vmm_opts_get(opts, key);
-    *out = 0;
-    if (!text)
-        return 0;
-    char *end;
-    errno = 0;
-    unsigned long v = strtoul(text, &end, 10);
-    if (errno || end == text || *end || v > 3600 || text[0] == '-')
-        return vmm_set_error(EINVAL, "%s=%s: expected seconds (0 to 3600)", key, text);
-    *out = (uint32_t)v;
     return 0;
 }
 
@@ -76,9 +71,12 @@ static int need_path(vmm_opts *opts, struct chardev_config *cfg)
 static int parse_socket(vmm_opts *opts, struct chardev_config *cfg)
 {
     bool wait;
+    long reconnect;
     if (need_path(opts, cfg) < 0 || parse_flag(opts, "server", false, &cfg->server) < 0 ||
-        parse_flag(opts, "wait", false, &wait) < 0 || parse_u32(opts, "reconnect", &cfg->reconnect_s) < 0)
+        parse_flag(opts, "wait", false, &wait) < 0 ||
+        parse_number(opts, "reconnect", 0, 3600, 0, "expected seconds (0 to 3600)", &reconnect) < 0)
         return -1;
+    cfg->reconnect_s = (uint32_t)reconnect;
     if (strlen(cfg->path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
         return vmm_set_error(ENAMETOOLONG, "socket path '%s' is longer than %zu bytes", cfg->path,
                              sizeof(((struct sockaddr_un *)0)->sun_path) - 1);

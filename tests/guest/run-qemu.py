@@ -78,6 +78,24 @@ def with_dir(test, directory):
     return json.loads(json.dumps(test).replace("{dir}", directory))
 
 
+def connect_unix(path, timeout, stop=None, required=False):
+    """A stream socket connected to `path`, retrying while nothing listens
+    there yet; None after `timeout` seconds (or once `stop` is set), or
+    with `required` a TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while not (stop and stop.is_set()) and time.monotonic() < deadline:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            return s
+        except OSError:
+            s.close()
+            time.sleep(0.05)
+    if required:
+        raise TimeoutError(f"nothing listens at {path} after {timeout} s")
+    return None
+
+
 class SocketPeer(threading.Thread):
     """The host end of a guest's port (test["socket_peers"]): connects to
     the machine's Unix socket chardev, waits for `expect` (a regex) in what
@@ -97,19 +115,8 @@ class SocketPeer(threading.Thread):
         self.deadline = time.monotonic() + timeout
         self.stop, self.connected, self.matched, self.data = threading.Event(), False, False, b""
 
-    def connect(self):
-        while not self.stop.is_set() and time.monotonic() < self.deadline:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(self.path)
-                return s
-            except OSError:
-                s.close()
-                time.sleep(0.05)
-        return None
-
     def run(self):
-        s = self.connect()
+        s = connect_unix(self.path, self.deadline - time.monotonic(), self.stop)
         if not s:
             return
         self.connected = True

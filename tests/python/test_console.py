@@ -5,6 +5,7 @@ closes its port, and backpressure: a port the guest never opens is not read
 into memory without bound."""
 import errno
 import os
+import runpy
 import socket
 import threading
 import time
@@ -70,18 +71,10 @@ class Peer(threading.Thread):
             self.error = e
 
 
-def connect(path, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        s = socket.socket(socket.AF_UNIX)
-        try:
-            s.connect(path)
-            return s
-        except OSError:
-            s.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+# The guest runners' helper: connect, retrying until the machine listens.
+connect_unix = runpy.run_path(os.path.join(os.environ.get("VMM_SOURCE_DIR", "."), "tests", "guest",
+                                           "run-qemu.py"))["connect_unix"]
+
 
 
 def console_machine(chardev_spec, console_fd, events):
@@ -113,7 +106,7 @@ def test_named_port_round_trip_with_events(tmp_path):
     try:
         with console_machine("socket,id=port,path=%s,server=on,wait=off" % path, w, events) as m:
             m.start()
-            peer = Peer(connect(path))
+            peer = Peer(connect_unix(path, 30, required=True))
             peer.start()
             m.wait(timeout=120)
             peer.join(10)
@@ -165,7 +158,7 @@ def test_a_closed_port_is_not_read_without_bound(tmp_path):
                         devices=[EXIT_DEV, "virtio-serial-pci",
                                  "virtserialport,chardev=port,name=%s" % PORT]) as m:
         m.start()
-        with connect(path) as s:
+        with connect_unix(path, 30, required=True) as s:
             s.setblocking(False)
             sent, chunk, limit = 0, b"x" * 65536, 64 << 20
             deadline = time.monotonic() + 30

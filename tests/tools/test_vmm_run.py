@@ -2,6 +2,7 @@
 introspection, exit statuses, the console, Ctrl-A x, and one clear error
 line for each kind of bad input."""
 import os
+import runpy
 import shutil
 import socket
 import subprocess
@@ -193,18 +194,10 @@ def test_bad_port_devices_are_named(devices, text):
     one_error_line(run(*args), text)
 
 
-def connect_when_listening(path, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(path)
-            return s
-        except OSError:
-            s.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+# The guest runners' helper: connect, retrying until the machine listens.
+connect_unix = runpy.run_path(os.path.join(os.environ.get("VMM_SOURCE_DIR", "."), "tests", "guest",
+                                           "run-qemu.py"))["connect_unix"]
+
 
 
 def read_until(s, needle, timeout=60):
@@ -239,8 +232,8 @@ def test_console_ports_through_sockets_and_files(tmp_path, machine, devices):
     proc = subprocess.Popen([VMM_RUN, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
-        connect_when_listening(sock).close()
-        with connect_when_listening(sock) as peer:
+        connect_unix(sock, 30, required=True).close()
+        with connect_unix(sock, 30, required=True) as peer:
             peer.sendall(b"early bird\n")
             line = read_until(peer, b"\n")
             assert line == b"hello from the guest on org.libvmm.test.0\n"
