@@ -1,86 +1,75 @@
-/* Parsing "-chardev" specs: "BACKEND,id=ID,key=value,..." with QEMU's
- * names.  Pure (no fds opened): the fuzzer drives it. */
+/* Parsing "-chardev" specs, "BACKEND,id=ID,key=value,..." with QEMU's
+ * names, through a typed property table per backend (also what
+ * vmm_list_types("chardev") and vmm_list_properties("chardev", B) show).
+ * Pure (no fds opened): the fuzzer drives it. */
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
 #include "chardev/chardev.h"
+#include "introspect.h"
 #include "util/util.h"
 
-static const char *const backend_names[] = {
-    [CHARDEV_NULL] = "null", [CHARDEV_STDIO] = "stdio", [CHARDEV_FD] = "fd",
-    [CHARDEV_FILE] = "file", [CHARDEV_SOCKET] = "socket",
+#define CFG(field) offsetof(struct chardev_config, field)
+#define SUN_PATH_MAX (sizeof(((struct sockaddr_un *)0)->sun_path) - 1)
+
+static const struct vmm_prop id_prop[] = {
+    { "id", VMM_PROP_STR, CFG(id), NULL, "the name devices use (chardev=ID)", NULL, 0, 0 },
+    { NULL, 0, 0, NULL, NULL, NULL, 0, 0 },
 };
 
-static int parse_backend(const char *name, enum chardev_backend *out)
-{
-    for (size_t i = 0; i < VMM_ARRAY_SIZE(backend_names); i++) {
-        if (!strcmp(name, backend_names[i])) {
-            *out = (enum chardev_backend)i;
-            return 0;
-        }
-    }
-    return vmm_set_error(EINVAL, "unknown chardev backend '%s' (known: null, stdio, fd, file, "
-                         "socket)", name);
-}
+static const struct vmm_prop no_props[] = { { NULL, 0, 0, NULL, NULL, NULL, 0, 0 } };
 
-/* key=N with min <= N <= max; *out keeps `absent` when the key is not given. */
-static int parse_number(vmm_opts *opts, const char *key, long min, long max, long absent,
-                        const char *what, long *out)
+/* in/out land in int fields (-1 until given): U32 within INT_MAX. */
+static const struct vmm_prop fd_props[] = {
+    { "in", VMM_PROP_U32, CFG(in_fd), NULL, "descriptor the guest's input is read from", NULL,
+      0, INT_MAX },
+    { "out", VMM_PROP_U32, CFG(out_fd), NULL, "descriptor the guest's output is written to", NULL,
+      0, INT_MAX },
+    { NULL, 0, 0, NULL, NULL, NULL, 0, 0 },
+};
+
+static const struct vmm_prop file_props[] = {
+    { "path", VMM_PROP_STR, CFG(path), NULL, "file the guest's output goes to", NULL, 0, 0 },
+    { "append", VMM_PROP_BOOL, CFG(append), "off", "append instead of truncating", NULL, 0, 0 },
+    { NULL, 0, 0, NULL, NULL, NULL, 0, 0 },
+};
+
+static const struct vmm_prop socket_props[] = {
+    { "path", VMM_PROP_STR, CFG(path), NULL, "Unix socket path", NULL, 0, 0 },
+    { "server", VMM_PROP_BOOL, CFG(server), "off",
+      "on: listen (one client at a time); off: connect", NULL, 0, 0 },
+    { "wait", VMM_PROP_BOOL, CFG(wait), "off",
+      "block until a client connects (only off is supported)", NULL, 0, 0 },
+    { "reconnect", VMM_PROP_U32, CFG(reconnect_s), "0",
+      "client: retry a failed or lost connection every N seconds (0: never)", NULL, 0, 3600 },
+    { NULL, 0, 0, NULL, NULL, NULL, 0, 0 },
+};
+
+static int check_fd(const struct chardev_config *cfg)
 {
-    const char *text = vmm_opts_get(opts, key);
-    *out = absent;
-    if (!text)
-        return 0;
-    char *end;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno || end == text || *end || v < min || v > max)
-        return vmm_set_error(EINVAL, "%s=%s: %s", key, text, what);
-    *out = v;
+    if (cfg->in_fd < 0 && cfg->out_fd < 0)
+        return vmm_set_error(EINVAL, "fd needs in=FD and/or out=FD");
     return 0;
 }
 
-static int parse_fd(vmm_opts *opts, const char *key, int *out)
+static int check_path(const struct chardev_config *cfg)
 {
-    long v;
-    int ret = parse_number(opts, key, 0, INT_MAX, -1, "not a file descriptor number", &v);
-    *out = (int)v;
-    return ret;
-}
-
-static int parse_flag(vmm_opts *opts, const char *key, bool def, bool *out)
-{
-    const char *text = vmm_opts_get(opts, key);
-    *out = def;
-    if (text && !vmm_parse_bool(text, out))
-        return vmm_set_error(EINVAL, "%s=%s: expected on or off", key, text);
+    if (!cfg->path || !*cfg->path)
+        return vmm_set_error(EINVAL, "%s needs path=",
+                             cfg->backend == CHARDEV_FILE ? "file" : "socket");
     return 0;
 }
 
-static int need_path(vmm_opts *opts, struct chardev_config *cfg)
+static int check_socket(const struct chardev_config *cfg)
 {
-    const char *path = vmm_opts_get(opts, "path");
-    if (!path || !*path)
-        return vmm_set_error(EINVAL, "%s needs path=", backend_names[cfg->backend]);
-    cfg->path = strdup(path);
-    return cfg->path ? 0 : vmm_set_error(ENOMEM, "out of memory");
-}
-
-static int parse_socket(vmm_opts *opts, struct chardev_config *cfg)
-{
-    bool wait;
-    long reconnect;
-    if (need_path(opts, cfg) < 0 || parse_flag(opts, "server", false, &cfg->server) < 0 ||
-        parse_flag(opts, "wait", false, &wait) < 0 ||
-        parse_number(opts, "reconnect", 0, 3600, 0, "expected seconds (0 to 3600)", &reconnect) < 0)
+    if (check_path(cfg) < 0)
         return -1;
-    cfg->reconnect_s = (uint32_t)reconnect;
-    if (strlen(cfg->path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+    if (strlen(cfg->path) > SUN_PATH_MAX)
         return vmm_set_error(ENAMETOOLONG, "socket path '%s' is longer than %zu bytes", cfg->path,
-                             sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
-    if (wait)
+                             SUN_PATH_MAX);
+    if (cfg->wait)
         return vmm_set_error(EINVAL, "wait=on is not supported: the machine never blocks for a "
                              "client (use wait=off)");
     if (cfg->server && cfg->reconnect_s)
@@ -88,42 +77,63 @@ static int parse_socket(vmm_opts *opts, struct chardev_config *cfg)
     return 0;
 }
 
-static int parse_backend_keys(vmm_opts *opts, struct chardev_config *cfg)
+static const struct backend {
+    const char *name;
+    const char *help;
+    const struct vmm_prop *props;
+    int (*check)(const struct chardev_config *cfg);
+} backends[] = {
+    [CHARDEV_NULL] = { "null", "discards output, never any input", no_props, NULL },
+    [CHARDEV_STDIO] = { "stdio", "the process's stdin and stdout", no_props, NULL },
+    [CHARDEV_FD] = { "fd", "descriptors passed in (in=, out=; not closed)", fd_props, check_fd },
+    [CHARDEV_FILE] = { "file", "output to a file", file_props, check_path },
+    [CHARDEV_SOCKET] = { "socket", "Unix socket, listening or connecting", socket_props,
+                         check_socket },
+};
+
+static const struct backend *find_backend(const char *name)
 {
-    switch (cfg->backend) {
-    case CHARDEV_NULL:
-    case CHARDEV_STDIO:
-        return 0;
-    case CHARDEV_FD:
-        if (parse_fd(opts, "in", &cfg->in_fd) < 0 || parse_fd(opts, "out", &cfg->out_fd) < 0)
-            return -1;
-        if (cfg->in_fd < 0 && cfg->out_fd < 0)
-            return vmm_set_error(EINVAL, "fd needs in=FD and/or out=FD");
-        return 0;
-    case CHARDEV_FILE:
-        return need_path(opts, cfg) < 0 ? -1 : parse_flag(opts, "append", false, &cfg->append);
-    case CHARDEV_SOCKET:
-        return parse_socket(opts, cfg);
-    }
-    return vmm_set_error(EINVAL, "bad backend");
+    for (size_t i = 0; i < VMM_ARRAY_SIZE(backends); i++)
+        if (!strcmp(name, backends[i].name))
+            return &backends[i];
+    vmm_set_error(ENOENT, "unknown chardev backend '%s' (known: null, stdio, fd, file, socket)",
+                  name);
+    return NULL;
+}
+
+int chardev_list_types(vmm_type_fn fn, void *user_data)
+{
+    for (size_t i = 0; i < VMM_ARRAY_SIZE(backends); i++)
+        if (fn(user_data, backends[i].name, backends[i].help))
+            break;
+    return 0;
+}
+
+int chardev_list_properties(const char *name, vmm_property_fn fn, void *user_data)
+{
+    const struct backend *b = find_backend(name);
+    if (!b)
+        return -1;
+    vmm_props_list(id_prop, fn, user_data);
+    return vmm_props_list(b->props, fn, user_data);
 }
 
 static int parse_opts(vmm_opts *opts, struct chardev_config *cfg)
 {
-    const char *backend = vmm_opts_get(opts, "backend");
-    const char *id = vmm_opts_get(opts, "id");
-    if (!backend)
+    const char *name = vmm_opts_get(opts, "backend");
+    if (!name)
         return vmm_set_error(EINVAL, "no chardev backend given");
-    if (parse_backend(backend, &cfg->backend) < 0)
+    const struct backend *b = find_backend(name);
+    if (!b)
         return -1;
-    if (!id || !*id)
-        return vmm_set_error(EINVAL, "%s: chardevs need id=", backend);
-    cfg->id = strdup(id);
-    if (!cfg->id)
-        return vmm_set_error(ENOMEM, "out of memory");
-    if (parse_backend_keys(opts, cfg) < 0)
+    cfg->backend = (enum chardev_backend)(b - backends);
+    if (vmm_props_init(b->props, cfg, name) < 0 || vmm_props_apply(id_prop, cfg, name, opts) < 0)
+        return -1;
+    if (!cfg->id || !*cfg->id)
+        return vmm_set_error(EINVAL, "%s: chardevs need id=", name);
+    if (vmm_props_apply(b->props, cfg, name, opts) < 0 || (b->check && b->check(cfg) < 0))
         return vmm_error_prefix("chardev '%s'", cfg->id);
-    return vmm_opts_check_all_used(opts, backend);
+    return vmm_opts_check_all_used(opts, name);
 }
 
 int chardev_parse(const char *spec, struct chardev_config *cfg)

@@ -31,6 +31,7 @@ struct chardev_config {
     char *path;           /* file, socket */
     int in_fd, out_fd;    /* fd: -1 = none */
     bool server;          /* socket: listen (on) or connect (off) */
+    bool wait;            /* socket: refused when on */
     bool append;          /* file */
     uint32_t reconnect_s; /* socket client: retry interval, 0 = never */
 };

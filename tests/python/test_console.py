@@ -23,6 +23,15 @@ needs_kvm = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
                                reason="/dev/kvm is missing or not accessible")
 
 
+def test_chardev_backends_are_introspectable():
+    assert [n for n, _ in libvmm.list_types("chardev")] == ["null", "stdio", "fd", "file", "socket"]
+    props = {p.name: p for p in libvmm.list_properties("chardev", "socket")}
+    assert props["server"].type == "bool" and props["server"].default == "off"
+    assert props["reconnect"].type == "u32"
+    ports = {p.name for p in libvmm.list_properties("device", "virtserialport")}
+    assert {"chardev", "name", "nr", "bus"} <= ports
+
+
 def test_chardev_errors_carry_the_librarys_message():
     with libvmm.Machine() as m:
         m.add_chardev("null", id="n0")

@@ -152,6 +152,19 @@ def test_ctrl_a_x_quits():
 
 # ---- --chardev and the virtio-console ports -------------------------------------------------
 
+def test_chardev_help_lists_backends_and_keys_from_the_library():
+    p = run("--chardev", "help")
+    assert p.returncode == 0
+    for name in ("null", "stdio", "fd", "file", "socket"):
+        assert "\n  %s " % name in p.stdout
+    p = run("--chardev", "socket,help")
+    assert p.returncode == 0
+    assert "reconnect" in p.stdout and "server" in p.stdout and "(default off)" in p.stdout
+    p = run("--device", "virtserialport,help")
+    assert p.returncode == 0 and "name" in p.stdout and "bus" in p.stdout
+    one_error_line(run("--chardev", "tcp,help"), "unknown chardev backend 'tcp'")
+
+
 @pytest.mark.parametrize("args, text", [
     (["--chardev", "tcp,id=c0"], "unknown chardev backend 'tcp' (known: null, stdio, fd, file, socket)"),
     (["--chardev", "null"], "null: chardevs need id="),
@@ -165,7 +178,9 @@ def test_ctrl_a_x_quits():
     (["--chardev", "file,id=f,path=/nonexistent/dir/out"], "/nonexistent/dir/out: No such file or directory"),
     (["--chardev", "fd,id=f,in=987"], "in=987 out=-1: not an open file descriptor"),
     (["--chardev", "fd,id=f"], "fd needs in=FD and/or out=FD"),
-    (["--chardev", "fd,id=f,in=x"], "in=x: not a file descriptor number"),
+    (["--chardev", "fd,id=f,in=x"], "chardev 'f': fd: in: 'x' is not a number"),
+    (["--chardev", "socket,id=c0,path=/tmp/c.sock,reconnect=3601"],
+     "socket: reconnect: 3601 is out of range (0 to 3600)"),
     (["--chardev", "null,id=a,colour=red"], "null: unknown property 'colour'"),
     (["--chardev", "null,id=a", "--chardev", "null,id=a"], "a chardev with id 'a' exists already"),
     (["--chardev", "stdio,id=s"], "the serial console uses stdio already"),

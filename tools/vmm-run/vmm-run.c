@@ -33,6 +33,7 @@ static const char usage_text[] =
     "  --chardev SPEC       add a host end for a device: BACKEND,id=ID,... with\n"
     "                       BACKEND null, stdio, fd (in=FD,out=FD), file (path=P)\n"
     "                       or socket (path=P,server=on,wait=off | path=P[,reconnect=S]);\n"
+    "                       ('help' lists backends, 'BACKEND,help' their keys);\n"
     "                       e.g. --device virtio-serial-pci --device\n"
     "                       virtserialport,chardev=ID,name=org.qemu.guest_agent.0\n"
     "  --no-reboot          end when the guest resets instead of restarting it\n"
@@ -304,6 +305,9 @@ int main(int argc, char **argv)
     for (int i = 0; i < o.nr_devices; i++)
         if (asks_for_help(o.devices[i]))
             list_and_exit("device", o.devices[i]);
+    for (int i = 0; i < o.nr_chardevs; i++)
+        if (asks_for_help(o.chardevs[i]))
+            list_and_exit("chardev", o.chardevs[i]);
     if (o.cpu_model && !strcmp(o.cpu_model, "help"))
         list_and_exit("cpu-model", "help");
     if (!o.kernel)
