@@ -49,7 +49,6 @@ struct virtio_console {
     struct virtio_proxy proxy;     /* first: transport and virtio core */
     uint32_t max_ports;
     char *chardev;                 /* port 0 (console) without a child device */
-    bool device_ready;
     struct vcon_port ports[VCON_MAX_PORTS];
 };
 
@@ -101,6 +100,17 @@ static int port_of_queue(unsigned q)
 static bool port_present(const struct vcon_port *p)
 {
     return p->chr != NULL;
+}
+
+/* After handling queue q: interrupt for what was pushed, and ask to be
+ * notified of what the driver adds next (EVENT_IDX needs avail_event
+ * moved even when nothing was pushed). */
+static void queue_finished(struct virtio_device *vdev, unsigned q, bool pushed)
+{
+    if (pushed)
+        virtio_queue_done(vdev, q);
+    else if (!vdev->broken)
+        virtqueue_set_notify(&vdev->vqs[q], true);
 }
 
 /* ---- control messages to the driver (control receiveq, queue 2) -------- */
@@ -181,8 +191,7 @@ static void flush_ctrl(struct virtio_console *vc)
         virtio_push(vdev, VCON_CTRL_RX, &c, written);
         pushed = true;
     }
-    if (pushed)
-        virtio_queue_done(vdev, VCON_CTRL_RX);
+    queue_finished(vdev, VCON_CTRL_RX, pushed);
 }
 
 /* ---- control messages from the driver (control transmitq, queue 3) ----- */
@@ -202,7 +211,6 @@ static void device_ready(struct virtio_console *vc, uint16_t value)
                 vcon_name(vc));
         return;
     }
-    vc->device_ready = true;
     for (unsigned i = 0; i < vc->max_ports; i++)
         if (port_present(&vc->ports[i]))
             queue_ctrl(&vc->ports[i], PEND_ADD);
@@ -322,8 +330,7 @@ static void ctrl_tx(struct virtio_console *vc)
         virtio_push(vdev, VCON_CTRL_TX, &c, 0);
         pushed = true;
     }
-    if (pushed)
-        virtio_queue_done(vdev, VCON_CTRL_TX);
+    queue_finished(vdev, VCON_CTRL_TX, pushed);
     flush_ctrl(vc);
 }
 
@@ -385,15 +392,14 @@ static void port_tx(struct virtio_console *vc, struct vcon_port *p, unsigned q)
         /* Without a host peer the data is dropped, as QEMU does. */
         if (port_present(p) && p->host_open && !write_chain(p, &c)) {
             p->tx_chain = vq_chain_clone(&c);
-            if (!p->tx_chain)
-                finish_tx(vc, q, &c);   /* out of memory: drop rather than stall */
-            break;
+            if (p->tx_chain)
+                break;                  /* resumed by write_ready */
+            /* Out of memory: drop the rest rather than stall the port. */
         }
         finish_tx(vc, q, &c);
         pushed = true;
     }
-    if (pushed)
-        virtio_queue_done(vdev, q);
+    queue_finished(vdev, q, pushed);
 }
 
 static void port_write_ready(void *opaque)
@@ -419,7 +425,7 @@ static size_t hold_rx_buffer(struct virtio_console *vc, struct vcon_port *p)
 {
     struct virtio_device *vdev = &vc->proxy.vdev;
     unsigned q = rx_queue(p->nr);
-    if (!p->rx_held) {
+    while (!p->rx_held) {
         if (!vdev->vqs[q].ready || virtio_pop(vdev, q, &p->rx_chain) <= 0)
             return 0;
         if (p->rx_chain.out_count) {
@@ -427,7 +433,10 @@ static size_t hold_rx_buffer(struct virtio_console *vc, struct vcon_port *p)
                               p->rx_chain.head);
             return 0;
         }
-        p->rx_held = true;
+        if (p->rx_chain.in_bytes)
+            p->rx_held = true;
+        else
+            virtio_push(vdev, q, &p->rx_chain, 0);   /* nothing fits in it: give it back */
     }
     return (size_t)p->rx_chain.in_bytes;
 }
@@ -526,7 +535,6 @@ static void port_reset(struct vcon_port *p)
 static void vcon_reset(struct virtio_device *vdev)
 {
     struct virtio_console *vc = vcon_of(vdev);
-    vc->device_ready = false;
     for (unsigned i = 0; i < VCON_MAX_PORTS; i++)
         port_reset(&vc->ports[i]);
 }
