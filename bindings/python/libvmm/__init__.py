@@ -207,7 +207,9 @@ class Device:
 
 class Machine(_Resource):
     """A virtual machine.  Properties are keyword arguments (cpu_model= for
-    "cpu-model"); `devices` a list of "type,key=value" strings.  `on_serial`
+    "cpu-model"); `devices` a list of "type,key=value" strings, `chardevs`
+    a list of chardev specs ("socket,id=c0,path=P,server=on,wait=off"; added
+    before the devices, which name them with chardev=ID).  `on_serial`
     gets each chunk of console output (bytes); `on_event` each Event.  Use it
     as a context manager, or call close(): the machine is always freed."""
 
