@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -158,10 +159,13 @@ static void peer_gone(struct chardev *chr)
 {
     pthread_mutex_lock(&chr->lock);
     bool was_socket = is_socket(chr) && chr->connected;
-    if (was_socket)
+    if (was_socket) {
         disconnect_locked(chr);
-    else
+    } else {
         drop_source(&chr->in_src);   /* end of input: keep the output side */
+        if (!chr->own_stream)
+            chr->in_fd = -1;         /* not ours to close; never watched again */
+    }
     pthread_mutex_unlock(&chr->lock);
     if (was_socket) {
         vmm_log(VMM_LOG_INFO, "chardev", "%s: client disconnected", chr->cfg.id);
@@ -331,6 +335,26 @@ void chardev_accept_input(struct chardev *chr)
 
 /* ---- output ------------------------------------------------------------ */
 
+/* write() that turns a vanished pipe reader into EPIPE instead of SIGPIPE
+ * (whose default ends the process): the signal is blocked in this thread
+ * around the call and the one the write raised is taken back. */
+static ssize_t write_no_sigpipe(int fd, const void *data, size_t len)
+{
+    sigset_t pipe_set, old;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    ssize_t n = write(fd, data, len);
+    int saved = errno;
+    if (n < 0 && saved == EPIPE && !sigismember(&old, SIGPIPE)) {
+        const struct timespec now = { 0, 0 };
+        sigtimedwait(&pipe_set, NULL, &now);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = saved;
+    return n;
+}
+
 /* Write what the fd takes without blocking: sockets are nonblocking; other
  * fds (stdio, files, pipes the user passed) are polled first and written at
  * most PIPE_BUF at a time.  -1 when the peer is gone. */
@@ -343,7 +367,7 @@ static ssize_t write_some(struct chardev *chr, const void *data, size_t len)
         struct pollfd p = { .fd = chr->out_fd, .events = POLLOUT };
         if (poll(&p, 1, 0) <= 0 || !(p.revents & POLLOUT))
             return (p.revents & (POLLERR | POLLHUP)) ? -1 : 0;
-        n = write(chr->out_fd, data, len < 4096 ? len : 4096);
+        n = write_no_sigpipe(chr->out_fd, data, len < 4096 ? len : 4096);
     }
     if (n < 0)
         return (errno == EAGAIN || errno == EINTR) ? 0 : -1;

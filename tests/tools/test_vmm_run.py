@@ -225,27 +225,21 @@ def read_until(s, needle, timeout=60):
     return data
 
 
-@needs_kvm
-@pytest.mark.parametrize("machine, devices", [
-    ("pc", ["virtio-serial-pci", "virtconsole,chardev=con",
-            "virtserialport,chardev=port,name=org.libvmm.test.0"]),
-    ("microvm", ["virtio-console-device,chardev=con",
-                 "virtserialport,chardev=port,name=org.libvmm.test.0"]),
-])
-def test_console_ports_through_sockets_and_files(tmp_path, machine, devices):
-    """The guest's console port goes to a file; its named port to a Unix
-    socket where a first client connects and leaves (the server then takes
-    the next one) and a second greets, reads the guest's line and replies."""
-    sock, console = str(tmp_path / "port.sock"), tmp_path / "console.txt"
+def run_console_guest(tmp_path, machine, devices, console_spec, pass_fds=()):
+    """vmm-run with the virtio-console guest: its named port on a Unix socket
+    where a first client connects and leaves (the server then takes the next
+    one) and a second greets, reads the guest's line and replies.  Returns
+    (exit status, serial console text, stderr)."""
+    sock = str(tmp_path / "port.sock")
     args = ["--kernel", os.path.join(GUESTS, "virtio", "virtio-console.elf"), "--machine", machine,
             "--append", "transport=" + ("pci" if machine == "pc" else "mmio"),
             "--serial", f"file:{tmp_path / 'serial.txt'}", *EXIT_DEV,
-            "--chardev", f"file,id=con,path={console}",
+            "--chardev", console_spec,
             "--chardev", f"socket,id=port,path={sock},server=on,wait=off"]
     for d in devices:
         args += ["--device", d]
     proc = subprocess.Popen([VMM_RUN, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, pass_fds=pass_fds)
     try:
         connect_unix(sock, 30, required=True).close()
         with connect_unix(sock, 30, required=True) as peer:
@@ -257,8 +251,39 @@ def test_console_ports_through_sockets_and_files(tmp_path, machine, devices):
     finally:
         proc.kill()
         proc.wait()
-    serial = (tmp_path / "serial.txt").read_text()
-    assert proc.returncode == 33, serial + err.decode()
+    assert not os.path.exists(sock), "the server socket is removed when the machine ends"
+    return proc.returncode, (tmp_path / "serial.txt").read_text(), err.decode()
+
+
+PC_PORTS = ["virtio-serial-pci", "virtconsole,chardev=con",
+            "virtserialport,chardev=port,name=org.libvmm.test.0"]
+
+
+@needs_kvm
+@pytest.mark.parametrize("machine, devices", [
+    ("pc", PC_PORTS),
+    ("microvm", ["virtio-console-device,chardev=con",
+                 "virtserialport,chardev=port,name=org.libvmm.test.0"]),
+])
+def test_console_ports_through_sockets_and_files(tmp_path, machine, devices):
+    console = tmp_path / "console.txt"
+    status, serial, err = run_console_guest(tmp_path, machine, devices,
+                                            f"file,id=con,path={console}")
+    assert status == 33, serial + err
     assert "virtio-console: ok" in serial
     assert console.read_text() == "console: hello from port 0\n"
-    assert not os.path.exists(sock), "the server socket is removed when the machine ends"
+
+
+@needs_kvm
+def test_a_console_pipe_nobody_reads_does_not_kill_the_vmm(tmp_path):
+    """Writing to a pipe whose reader is gone raises SIGPIPE, which would end
+    vmm-run (default disposition): the chardev takes EPIPE instead."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        status, serial, err = run_console_guest(tmp_path, "pc", PC_PORTS, f"fd,id=con,out={w}",
+                                                pass_fds=(w,))
+    finally:
+        os.close(w)
+    assert status == 33, serial + err
+    assert "virtio-console: console line written" in serial
