@@ -122,7 +122,7 @@ def test_named_port_round_trip_with_events(tmp_path):
             assert m.exit_code == 33, m.console
         assert peer.error is None, peer.error
         assert peer.line == b"hello from the guest on %s\n" % PORT.encode()
-        assert read_all(r) == b"console: hello from port 0\n"
+        assert read_all(r) == b"emerg: ok\nconsole: hello from port 0\n"
     finally:
         os.close(r)
         os.close(w)

@@ -271,7 +271,7 @@ def test_console_ports_through_sockets_and_files(tmp_path, machine, devices):
                                             f"file,id=con,path={console}")
     assert status == 33, serial + err
     assert "virtio-console: ok" in serial
-    assert console.read_text() == "console: hello from port 0\n"
+    assert console.read_text() == "emerg: ok\nconsole: hello from port 0\n"
 
 
 @needs_kvm

@@ -2,8 +2,9 @@
  * (DEVICE_READY, DEVICE_ADD -> PORT_READY, CONSOLE_PORT, PORT_NAME,
  * PORT_OPEN both ways), then a round trip on the port named
  * org.libvmm.test.0 (the host's greeting, sent before we opened the port,
- * must be held for us; then it answers "reply: " + our line) and a line
- * on the console port 0.  Polled rings, no interrupts.
+ * must be held for us; then it answers "reply: " + our line), and on the
+ * console port 0 a line through emerg_wr (EMERG_WRITE) and one through
+ * its transmitq.  Polled rings, no interrupts.
  * cmdline: transport=pci|mmio; bulk=N: then N KiB of i % 251 on the port
  * in 4 KiB writes (the host stops reading for a while: each write must
  * wait, not be lost); evil=1 first sends bogus control messages
@@ -14,6 +15,7 @@
 
 #define PORT_NAME "org.libvmm.test.0"
 #define F_MULTIPORT 1
+#define F_EMERG_WRITE 2
 #define NPORTS 3                       /* ports whose queues we set up */
 #define NQ (2 * (NPORTS + 1))
 #define CTRL_RX 2
@@ -82,7 +84,7 @@ static void send_ctrl(uint32_t id, uint16_t event, uint16_t value)
 
 static void setup(void)
 {
-    if (!vdev_negotiate(&dev, 1ull << F_MULTIPORT))
+    if (!vdev_negotiate(&dev, (1ull << F_MULTIPORT) | (1ull << F_EMERG_WRITE)))
         guest_fail("feature negotiation failed");
     if (!(dev.features & (1ull << F_MULTIPORT)))
         guest_fail("the device does not offer MULTIPORT (features 0x%lx)",
@@ -273,6 +275,11 @@ int main(const struct hvm_start_info *si)
     if (cmdline_u64("bulk", 0))
         write_bulk((unsigned)np, cmdline_u64("bulk", 0));
 
+    if (!(dev.features & (1ull << F_EMERG_WRITE)))
+        guest_fail("the device does not offer EMERG_WRITE");
+    for (const char *c = "emerg: ok\n"; *c; c++)
+        mmio_write32(devcfg() + 8, (uint8_t)*c);   /* emerg_wr: one character each */
+    printf("virtio-console: emergency write used\n");
     write_port(0, "console: hello from port 0\n");
     printf("virtio-console: console line written\n");
     send_ctrl((uint32_t)np, PORT_OPEN, 0);
