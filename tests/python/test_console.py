@@ -115,6 +115,9 @@ def test_named_port_round_trip_with_events(tmp_path):
     try:
         with console_machine("socket,id=port,path=%s,server=on,wait=off" % path, w, events) as m:
             m.start()
+            with pytest.raises(libvmm.StateError) as e:
+                m.add_chardev("null", id="late")
+            assert "this needs it created" in str(e.value)
             peer = Peer(connect_unix(path, 30, required=True))
             peer.start()
             m.wait(timeout=120)
