@@ -5,6 +5,8 @@ closes its port, and backpressure: a port the guest never opens is not read
 into memory without bound."""
 import errno
 import os
+import shutil
+import subprocess
 import runpy
 import socket
 import threading
@@ -185,3 +187,62 @@ def test_a_closed_port_is_not_read_without_bound(tmp_path):
                         break
             assert sent < 16 << 20, "the VMM took %d bytes for a port nobody opened" % sent
         m.stop()
+
+
+VMM_RUN = os.path.join(BUILD, "tools", "vmm-run", "vmm-run")
+
+
+def vmm_run_argv(qmp, sock):
+    return [VMM_RUN, "--machine", "pc", "--kernel", CONSOLE_GUEST,
+            "--append", "transport=pci linger_ms=1500", "--serial", "none", "--device", EXIT_DEV,
+            "--qmp", "unix:%s,server,nowait" % qmp,
+            "--chardev", "null,id=con",
+            "--chardev", "socket,id=port,path=%s,server=on,wait=off" % sock,
+            "--device", "virtio-serial-pci,id=vs0", "--device", "virtconsole,chardev=con",
+            "--device", "virtserialport,id=port1,chardev=port,name=%s,bus=vs0.0" % PORT]
+
+
+def qemu_argv(qmp, sock):
+    return ["qemu-system-x86_64", "-machine", "q35", "-enable-kvm", "-cpu",
+            "host,-arch-capabilities", "-m", "256M", "-nodefaults", "-no-user-config",
+            "-nographic", "-no-reboot", "-serial", "none", "-kernel", CONSOLE_GUEST,
+            "-append", "transport=pci linger_ms=1500", "-device", EXIT_DEV,
+            "-qmp", "unix:%s,server=on,wait=off" % qmp,
+            "-chardev", "null,id=con",
+            "-chardev", "socket,id=port,path=%s,server=on,wait=off" % sock,
+            "-device", "virtio-serial-pci,id=vs0", "-device", "virtconsole,chardev=con",
+            "-device", "virtserialport,id=port1,chardev=port,name=%s,bus=vs0.0" % PORT]
+
+
+@needs_kvm
+@pytest.mark.parametrize("argv", [vmm_run_argv, qemu_argv], ids=["libvmm", "qemu"])
+def test_vserport_change_over_qmp_matches_qemu(tmp_path, argv):
+    """The guest opening and closing org.libvmm.test.0 reaches a QMP client as
+    VSERPORT_CHANGE {"id": "port1", "open": true/false}, as QEMU sends it.
+    The guest lingers 1.5 s after closing (QEMU 7.2 may otherwise exit
+    before its monitor has sent the close).  The guest opens its port only once our peer is there, so the QMP client
+    (connected first) sees both events."""
+    from libvmm.qmp import QMPClient
+    cmd = argv(str(tmp_path / "vm.qmp"), str(tmp_path / "port.sock"))
+    if not shutil.which(cmd[0]):
+        pytest.skip("%s is not installed" % cmd[0])
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        qmp_sock = connect_unix(str(tmp_path / "vm.qmp"), 30, required=True)
+        qmp_sock.close()
+        with QMPClient(str(tmp_path / "vm.qmp")) as qmp:
+            peer = Peer(connect_unix(str(tmp_path / "port.sock"), 30, required=True))
+            peer.start()
+            opened = qmp.event("VSERPORT_CHANGE", timeout=60)
+            while opened["data"].get("id") != "port1":
+                opened = qmp.event("VSERPORT_CHANGE", timeout=60)
+            closed = qmp.event("VSERPORT_CHANGE", timeout=60)
+            peer.join(10)
+        assert proc.wait(timeout=60) == 33
+    finally:
+        proc.kill()
+        proc.wait()
+    assert opened["data"] == {"id": "port1", "open": True}, opened
+    assert closed["data"] == {"id": "port1", "open": False}, closed
+    assert peer.error is None, peer.error

@@ -41,6 +41,9 @@ struct vcon_port {
     struct vq_chain rx_chain;
     struct vq_chain *tx_chain;     /* partly written to a full backend */
     uint64_t tx_done;
+    /* VSERPORT_CHANGE reports (kept across resets). */
+    GSource *change_src;           /* a report pending */
+    bool reported_open;
 };
 
 enum { PEND_ADD = 1, PEND_CONSOLE = 2, PEND_NAME = 4, PEND_OPEN = 8 };
@@ -232,46 +235,38 @@ static void port_ready(struct virtio_console *vc, struct vcon_port *p, uint16_t 
         queue_ctrl(p, PEND_OPEN);
 }
 
-struct port_change {
-    vmm_machine *m;
-    char *id;
-    bool open;
-};
+/* VSERPORT_CHANGE: reported from an idle source in the I/O loop, without
+ * the device lock (an event callback may pause the machine, which waits
+ * for the vCPUs).  One report pending per port at most, reading the state
+ * when it runs: a guest toggling its port in a loop costs one source, and
+ * toggles within one batch of control messages give no event. */
 
-static gboolean emit_port_change(gpointer opaque)
+static gboolean report_port_change(gpointer opaque)
 {
-    struct port_change *pc = opaque;
-    machine_emit(pc->m, VMM_EVENT_VSERPORT_CHANGE, 1, NULL, pc->id, pc->open ? "open" : "closed");
+    struct vcon_port *p = opaque;
+    struct device *dev = &p->vc->proxy.pci.dev;
+    pthread_mutex_lock(&dev->lock);
+    bool open = p->guest_open, changed = open != p->reported_open;
+    char *id = changed ? strdup(p->owner && p->owner->id ? p->owner->id : "") : NULL;
+    p->reported_open = open;
+    g_source_unref(p->change_src);
+    p->change_src = NULL;
+    pthread_mutex_unlock(&dev->lock);
+    if (id)
+        machine_emit(dev->m, VMM_EVENT_VSERPORT_CHANGE, 1, NULL, id, open ? "open" : "closed");
+    free(id);
     return G_SOURCE_REMOVE;
 }
 
-static void free_port_change(gpointer opaque)
+/* The guest side of port p changed (device lock held, any thread). */
+static void port_changed(struct vcon_port *p)
 {
-    struct port_change *pc = opaque;
-    free(pc->id);
-    free(pc);
-}
-
-/* VSERPORT_CHANGE, from the I/O loop: never with the device lock held (an
- * event callback may pause the machine, which waits for the vCPUs). */
-static void queue_port_change(struct virtio_console *vc, const struct vcon_port *p)
-{
-    vmm_machine *m = vc->proxy.pci.dev.m;
-    struct port_change *pc = calloc(1, sizeof(*pc));
-    if (!pc || !m->io_context)
-        goto fail;
-    pc->m = m;
-    pc->open = p->guest_open;
-    pc->id = strdup(p->owner && p->owner->id ? p->owner->id : "");
-    if (!pc->id)
-        goto fail;
-    GSource *src = g_idle_source_new();
-    g_source_set_callback(src, emit_port_change, pc, free_port_change);
-    g_source_attach(src, m->io_context);
-    g_source_unref(src);
-    return;
-fail:
-    free(pc);
+    GMainContext *ctx = p->vc->proxy.pci.dev.m->io_context;
+    if (p->change_src || !ctx)
+        return;   /* the pending report reads the state when it runs */
+    p->change_src = g_idle_source_new();
+    g_source_set_callback(p->change_src, report_port_change, p, NULL);
+    g_source_attach(p->change_src, ctx);
 }
 
 static void guest_port_open(struct virtio_console *vc, struct vcon_port *p, uint16_t value)
@@ -282,7 +277,7 @@ static void guest_port_open(struct virtio_console *vc, struct vcon_port *p, uint
     p->guest_open = open;
     vmm_log(VMM_LOG_INFO, "virtio-console", "%s: port %u%s%s: guest %s", vcon_name(vc), p->nr,
             p->name ? " " : "", p->name ? p->name : "", open ? "opened" : "closed");
-    queue_port_change(vc, p);
+    port_changed(p);
     if (open)
         chardev_accept_input(p->chr);
 }
@@ -524,6 +519,8 @@ static void vcon_queue_notify(struct virtio_device *vdev, unsigned q)
 
 static void port_reset(struct vcon_port *p)
 {
+    if (p->guest_open)
+        port_changed(p);   /* the reset closed it, as QEMU reports */
     p->ready = p->guest_open = false;
     p->pending = 0;
     p->rx_held = false;
@@ -596,6 +593,10 @@ static void detach_port(struct virtio_console *vc, struct vcon_port *p)
         ((struct vcon_port_dev *)p->owner)->parent = NULL;
     chardev_detach(p->chr);
     vq_chain_free(p->tx_chain);
+    if (p->change_src) {
+        g_source_destroy(p->change_src);
+        g_source_unref(p->change_src);
+    }
     memset(p, 0, sizeof(*p));
 }
 

@@ -7,7 +7,8 @@
  * its transmitq.  Polled rings, no interrupts.
  * cmdline: transport=pci|mmio; bulk=N: then N KiB of i % 251 on the port
  * in 4 KiB writes (the host stops reading for a while: each write must
- * wait, not be lost); evil=1 first sends bogus control messages
+ * wait, not be lost); linger_ms=N: run N ms after closing the port;
+ * evil=1 first sends bogus control messages
  * (short, unknown port, unknown event) and a receive buffer too short for
  * a control message: the device must end in NEEDS_RESET and work after a
  * reset. */
@@ -283,6 +284,9 @@ int main(const struct hvm_start_info *si)
     write_port(0, "console: hello from port 0\n");
     printf("virtio-console: console line written\n");
     send_ctrl((uint32_t)np, PORT_OPEN, 0);
+    /* linger_ms: keep running so the host reports the close (QEMU and libvmm
+     * send VSERPORT_CHANGE at most once a second per port). */
+    udelay(cmdline_u64("linger_ms", 0) * 1000);
     printf("virtio-console: ok\n");
     return 0;
 }
