@@ -5,13 +5,15 @@
  * must be held for us; then it answers "reply: " + our line), and on the
  * console port 0 a line through emerg_wr (EMERG_WRITE) and one through
  * its transmitq.  Polled rings, no interrupts.
- * cmdline: transport=pci|mmio; bulk=N: then N KiB of i % 251 on the port
+ * cmdline: transport=pci|mmio; multiport=0: a driver without MULTIPORT
+ * (port 0 only, implicitly open): a line out and the host's reply back;
+ * bulk=N: then N KiB of i % 251 on the port
  * in 4 KiB writes (the host stops reading for a while: each write must
  * wait, not be lost); linger_ms=N: run N ms after closing the port;
  * evil=1 first sends bogus control messages
  * (short, unknown port, unknown event) and a receive buffer too short for
- * a control message: the device must end in NEEDS_RESET and work after a
- * reset. */
+ * a control message, then a device-writable transmit buffer: each must end
+ * in NEEDS_RESET, and the device must work after a reset. */
 #include "vguest.h"
 
 #define PORT_NAME "org.libvmm.test.0"
@@ -120,6 +122,14 @@ static void evil(void)
     if (!(vdev_status(&dev) & STATUS_NEEDS_RESET))
         guest_fail("a 4-byte control receive buffer did not end in NEEDS_RESET");
     printf("evil: short control receive buffer: NEEDS_RESET\n");
+
+    setup();
+    post(1, 0, tx_buf, 16, true);
+    for (unsigned i = 0; i < 20000 && !(vdev_status(&dev) & STATUS_NEEDS_RESET); i++)
+        udelay(100);
+    if (!(vdev_status(&dev) & STATUS_NEEDS_RESET))
+        guest_fail("a device-writable transmit buffer did not end in NEEDS_RESET");
+    printf("evil: device-writable transmit buffer: NEEDS_RESET\n");
 }
 
 /* ---- the control handshake --------------------------------------------- */
@@ -239,6 +249,46 @@ static void read_line(unsigned nr, char *line, unsigned cap)
     line[have] = 0;
 }
 
+/* ---- without MULTIPORT --------------------------------------------------- */
+
+/* Port 0 only: no control queue tells us when the host is there, so the
+ * line goes out again until the host's reply comes back. */
+static void single_port(void)
+{
+    if (!vdev_negotiate(&dev, 0))
+        guest_fail("feature negotiation failed");
+    for (unsigned q = 0; q < 2; q++) {
+        vqs[q] = (struct vq){ .desc = descs[q], .avail = &avails[q], .used = &useds[q] };
+        if (!vdev_setup_queue(&dev, q, &vqs[q], VQ_SIZE, 0xffff))
+            guest_fail("queue %u setup failed", q);
+    }
+    vdev_set_status(&dev, STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    printf("virtio-console: no MULTIPORT (features 0x%lx), port 0 only\n",
+           (unsigned long)dev.features);
+    static const char hello[] = "console: hello without MULTIPORT\n";
+    char line[128];
+    unsigned have = 0;
+    post(0, 0, rx_buf, sizeof(rx_buf), true);
+    for (unsigned tries = 0; have == 0 || line[have - 1] != '\n'; tries++) {
+        if (tries == 40)
+            guest_fail("no reply on port 0 within 20 s");
+        if (!have)
+            write_port(0, hello);
+        uint32_t id, len;
+        if (!vq_wait_used(&vqs[0], &id, &len, 500))
+            continue;
+        if (have + len >= sizeof(line))
+            guest_fail("the host sent more than %u bytes", (unsigned)sizeof(line));
+        memcpy(line + have, rx_buf, len);
+        have += len;
+        post(0, 0, rx_buf, sizeof(rx_buf), true);
+    }
+    line[have] = 0;
+    printf("virtio-console: port 0 replied: %s", line);
+    if (strncmp(line, "reply: ", 7) || strncmp(line + 7, hello, sizeof(line) - 7))
+        guest_fail("unexpected reply");
+}
+
 int main(const struct hvm_start_info *si)
 {
     (void)si;
@@ -254,6 +304,11 @@ int main(const struct hvm_start_info *si)
         printf("virtio-console: virtio-pci at 00:%02x.0\n", dev.slot);
     if (cmdline_u64("evil", 0))
         evil();
+    if (cmdline_is("multiport", "0")) {
+        single_port();
+        printf("virtio-console: ok\n");
+        return 0;
+    }
 
     setup();
     handshake();
