@@ -106,6 +106,15 @@ static void setup(void)
 
 /* ---- the malicious part ------------------------------------------------ */
 
+static void expect_needs_reset(const char *what)
+{
+    for (unsigned i = 0; i < 20000 && !(vdev_status(&dev) & STATUS_NEEDS_RESET); i++)
+        udelay(100);
+    if (!(vdev_status(&dev) & STATUS_NEEDS_RESET))
+        guest_fail("%s: no NEEDS_RESET within 2 s", what);
+    printf("evil: %s: NEEDS_RESET\n", what);
+}
+
 static void evil(void)
 {
     setup();
@@ -117,19 +126,11 @@ static void evil(void)
     printf("evil: bogus control messages: the device answered each\n");
     struct ctrl ready = { 0, DEVICE_READY, 1 };
     send_raw(&ready, sizeof(ready), "DEVICE_READY");
-    for (unsigned i = 0; i < 20000 && !(vdev_status(&dev) & STATUS_NEEDS_RESET); i++)
-        udelay(100);
-    if (!(vdev_status(&dev) & STATUS_NEEDS_RESET))
-        guest_fail("a 4-byte control receive buffer did not end in NEEDS_RESET");
-    printf("evil: short control receive buffer: NEEDS_RESET\n");
+    expect_needs_reset("short control receive buffer");
 
     setup();
     post(1, 0, tx_buf, 16, true);
-    for (unsigned i = 0; i < 20000 && !(vdev_status(&dev) & STATUS_NEEDS_RESET); i++)
-        udelay(100);
-    if (!(vdev_status(&dev) & STATUS_NEEDS_RESET))
-        guest_fail("a device-writable transmit buffer did not end in NEEDS_RESET");
-    printf("evil: device-writable transmit buffer: NEEDS_RESET\n");
+    expect_needs_reset("device-writable transmit buffer");
 }
 
 /* ---- the control handshake --------------------------------------------- */
