@@ -52,6 +52,7 @@ struct virtio_console {
     struct virtio_proxy proxy;     /* first: transport and virtio core */
     uint32_t max_ports;
     char *chardev;                 /* port 0 (console) without a child device */
+    unsigned ignored_logs;         /* bad control messages logged so far */
     struct vcon_port ports[VCON_MAX_PORTS];
 };
 
@@ -199,12 +200,18 @@ static void flush_ctrl(struct virtio_console *vc)
 
 /* ---- control messages from the driver (control transmitq, queue 3) ----- */
 
+/* A guest can send bad messages in a loop: the first few are logged. */
+#define VCON_MAX_IGNORED_LOGS 16
+
 static void log_ignored(struct virtio_console *vc, const char *fmt, unsigned a, unsigned b)
 {
+    if (vc->ignored_logs >= VCON_MAX_IGNORED_LOGS)
+        return;
     char what[96];
     snprintf(what, sizeof(what), fmt, a, b);
-    vmm_log(VMM_LOG_WARNING, "virtio-console", "%s: control message ignored: %s", vcon_name(vc),
-            what);
+    bool last = ++vc->ignored_logs == VCON_MAX_IGNORED_LOGS;
+    vmm_log(VMM_LOG_WARNING, "virtio-console", "%s: control message ignored: %s%s", vcon_name(vc),
+            what, last ? " (further ones are not logged)" : "");
 }
 
 static void device_ready(struct virtio_console *vc, uint16_t value)
