@@ -246,3 +246,29 @@ def test_vserport_change_over_qmp_matches_qemu(tmp_path, argv):
     assert opened["data"] == {"id": "port1", "open": True}, opened
     assert closed["data"] == {"id": "port1", "open": False}, closed
     assert peer.error is None, peer.error
+
+
+@needs_kvm
+def test_server_serves_one_client_at_a_time(tmp_path):
+    """A second client waits in the backlog while the first is served: the
+    guest's data goes to the first only (not to both, not to the newest)."""
+    path = str(tmp_path / "port.sock")
+    r, w = os.pipe()
+    try:
+        with console_machine("socket,id=port,path=%s,server=on,wait=off" % path, w, []) as m:
+            first = connect_unix(path, 30, required=True)
+            second = connect_unix(path, 30, required=True)   # accepted by the kernel's backlog
+            m.start()
+            peer = Peer(first)
+            peer.start()
+            peer.join(60)
+            assert peer.error is None, peer.error
+            second.settimeout(0.5)
+            with pytest.raises(socket.timeout):
+                second.recv(1)   # not served: nothing reaches it while the first is there
+            m.wait(timeout=60)
+            assert m.exit_code == 33, m.console
+            second.close()
+    finally:
+        os.close(r)
+        os.close(w)
