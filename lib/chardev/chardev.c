@@ -201,17 +201,18 @@ static int unix_address(const char *path, struct sockaddr_un *sa)
     return 0;
 }
 
-/* A connected client socket, or -1 (errno kept). */
+/* A connected client socket, or -1 (errno kept).  Nonblocking from the
+ * start: a Unix socket whose server's backlog is full fails with EAGAIN
+ * instead of stalling the I/O thread (or the caller adding the chardev). */
 static int connect_unix(const char *path)
 {
     struct sockaddr_un sa;
     if (unix_address(path, &sa) < 0)
         return -1;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) {
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
         int saved = errno;
         close(fd);
         errno = saved;
