@@ -88,8 +88,8 @@ connect_unix = runpy.run_path(os.path.join(os.environ.get("VMM_SOURCE_DIR", ".")
 
 
 
-def console_machine(chardev_spec, console_fd, events):
-    return libvmm.Machine("pc", kernel=CONSOLE_GUEST, cmdline="transport=pci", reboot=False,
+def console_machine(chardev_spec, console_fd, events, cmdline="transport=pci"):
+    return libvmm.Machine("pc", kernel=CONSOLE_GUEST, cmdline=cmdline, reboot=False,
                           chardevs=["fd,id=con,out=%d" % console_fd, chardev_spec],
                           devices=[EXIT_DEV, "virtio-serial-pci,id=vs0", "virtconsole,chardev=con",
                                    "virtserialport,id=port1,chardev=port,name=%s,bus=vs0.0" % PORT],
@@ -135,6 +135,28 @@ def test_named_port_round_trip_with_events(tmp_path):
     # Port 0 (virtconsole, no id) opens too; port1 opens and closes.
     assert ("port1", "open") in changes and ("port1", "closed") in changes, changes
     assert changes.index(("port1", "open")) < changes.index(("port1", "closed"))
+
+
+@needs_kvm
+def test_a_device_reset_reports_the_open_port_closed(tmp_path):
+    path = str(tmp_path / "port.sock")
+    r, w = os.pipe()
+    events = []
+    try:
+        with console_machine("socket,id=port,path=%s,server=on,wait=off" % path, w, events,
+                             cmdline="transport=pci reset_open=1 linger_ms=300") as m:
+            m.start()
+            peer = Peer(connect_unix(path, 30, required=True))
+            peer.start()
+            m.wait(timeout=120)
+            peer.join(10)
+            assert m.exit_code == 33, m.console
+            assert "device reset with the port open" in m.console
+    finally:
+        os.close(r)
+        os.close(w)
+    changes = [(e.device, e.message) for e in events if e.name == "VSERPORT_CHANGE"]
+    assert changes[-1] == ("port1", "closed") and ("port1", "open") in changes, changes
 
 
 @needs_kvm

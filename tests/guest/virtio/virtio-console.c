@@ -10,6 +10,7 @@
  * bulk=N: then N KiB of i % 251 on the port
  * in 4 KiB writes (the host stops reading for a while: each write must
  * wait, not be lost); linger_ms=N: run N ms after closing the port;
+ * reset_open=1: close it by resetting the device instead;
  * evil=1 first sends bogus control messages
  * (short, unknown port, unknown event) and a receive buffer too short for
  * a control message, then a device-writable transmit buffer: each must end
@@ -340,7 +341,12 @@ int main(const struct hvm_start_info *si)
     printf("virtio-console: emergency write used\n");
     write_port(0, "console: hello from port 0\n");
     printf("virtio-console: console line written\n");
-    send_ctrl((uint32_t)np, PORT_OPEN, 0);
+    if (cmdline_u64("reset_open", 0)) {
+        vdev_reset(&dev);   /* the port goes with the reset: the host hears of it */
+        printf("virtio-console: device reset with the port open\n");
+    } else {
+        send_ctrl((uint32_t)np, PORT_OPEN, 0);
+    }
     /* linger_ms: keep running so the host reports the close (QEMU and libvmm
      * send VSERPORT_CHANGE at most once a second per port). */
     udelay(cmdline_u64("linger_ms", 0) * 1000);
