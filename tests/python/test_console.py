@@ -109,29 +109,43 @@ def read_all(fd):
         data += chunk
 
 
-@needs_kvm
-def test_named_port_round_trip_with_events(tmp_path):
+def serve_port(tmp_path, cmdline="transport=pci", while_running=None):
+    """Boot the console guest with port1 on a listening socket and a Peer
+    on it; returns (peer, what port 0 wrote, events, serial console)."""
     path = str(tmp_path / "port.sock")
     r, w = os.pipe()
     events = []
     try:
-        with console_machine("socket,id=port,path=%s,server=on,wait=off" % path, w, events) as m:
+        with console_machine("socket,id=port,path=%s,server=on,wait=off" % path, w, events,
+                             cmdline=cmdline) as m:
             m.start()
-            with pytest.raises(libvmm.StateError) as e:
-                m.add_chardev("null", id="late")
-            assert "this needs it created" in str(e.value)
+            if while_running:
+                while_running(m)
             peer = Peer(connect_unix(path, 30, required=True))
             peer.start()
             m.wait(timeout=120)
             peer.join(10)
             assert m.exit_code == 33, m.console
+            serial = m.console
         assert peer.error is None, peer.error
-        assert peer.line == b"hello from the guest on %s\n" % PORT.encode()
-        assert read_all(r) == b"emerg: ok\nconsole: hello from port 0\n"
+        console = read_all(r)
     finally:
         os.close(r)
         os.close(w)
-    changes = [(e.device, e.message) for e in events if e.name == "VSERPORT_CHANGE"]
+    return peer, console, [(e.device, e.message) for e in events if e.name == "VSERPORT_CHANGE"], serial
+
+
+def add_chardev_too_late(m):
+    with pytest.raises(libvmm.StateError) as e:
+        m.add_chardev("null", id="late")
+    assert "this needs it created" in str(e.value)
+
+
+@needs_kvm
+def test_named_port_round_trip_with_events(tmp_path):
+    peer, console, changes, _ = serve_port(tmp_path, while_running=add_chardev_too_late)
+    assert peer.line == b"hello from the guest on %s\n" % PORT.encode()
+    assert console == b"emerg: ok\nconsole: hello from port 0\n"
     # Port 0 (virtconsole, no id) opens too; port1 opens and closes.
     assert ("port1", "open") in changes and ("port1", "closed") in changes, changes
     assert changes.index(("port1", "open")) < changes.index(("port1", "closed"))
@@ -139,23 +153,8 @@ def test_named_port_round_trip_with_events(tmp_path):
 
 @needs_kvm
 def test_a_device_reset_reports_the_open_port_closed(tmp_path):
-    path = str(tmp_path / "port.sock")
-    r, w = os.pipe()
-    events = []
-    try:
-        with console_machine("socket,id=port,path=%s,server=on,wait=off" % path, w, events,
-                             cmdline="transport=pci reset_open=1 linger_ms=300") as m:
-            m.start()
-            peer = Peer(connect_unix(path, 30, required=True))
-            peer.start()
-            m.wait(timeout=120)
-            peer.join(10)
-            assert m.exit_code == 33, m.console
-            assert "device reset with the port open" in m.console
-    finally:
-        os.close(r)
-        os.close(w)
-    changes = [(e.device, e.message) for e in events if e.name == "VSERPORT_CHANGE"]
+    _, _, changes, serial = serve_port(tmp_path, "transport=pci reset_open=1 linger_ms=300")
+    assert "device reset with the port open" in serial
     assert changes[-1] == ("port1", "closed") and ("port1", "open") in changes, changes
 
 
