@@ -158,7 +158,8 @@ class SocketPeer(threading.Thread):
         got = self.data[self.bulk_from:]
         want = bytes(i % 251 for i in range(self.bulk))
         if got != want:
-            first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b),
+                         min(len(got), len(want)))
             return [f"socket peer {self.path}: bulk data: {len(got)} bytes, expected {self.bulk}; "
                     f"first difference at byte {first}"]
         return []

@@ -132,7 +132,8 @@ def serve_port(tmp_path, cmdline="transport=pci", while_running=None):
     finally:
         os.close(r)
         os.close(w)
-    return peer, console, [(e.device, e.message) for e in events if e.name == "VSERPORT_CHANGE"], serial
+    changes = [(e.device, e.message) for e in events if e.name == "VSERPORT_CHANGE"]
+    return peer, console, changes, serial
 
 
 def add_chardev_too_late(m):
@@ -241,8 +242,9 @@ def test_vserport_change_over_qmp_matches_qemu(tmp_path, argv):
     """The guest opening and closing org.libvmm.test.0 reaches a QMP client as
     VSERPORT_CHANGE {"id": "port1", "open": true/false}, as QEMU sends it.
     The guest lingers 1.5 s after closing (QEMU 7.2 may otherwise exit
-    before its monitor has sent the close).  The guest opens its port only once our peer is there, so the QMP client
-    (connected first) sees both events."""
+    before its monitor has sent the close).  The guest opens its port only
+    once our peer is there, so the QMP client (connected first) sees both
+    events."""
     from libvmm.qmp import QMPClient
     cmd = argv(str(tmp_path / "vm.qmp"), str(tmp_path / "port.sock"))
     if not shutil.which(cmd[0]):

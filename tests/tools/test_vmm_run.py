@@ -166,7 +166,8 @@ def test_chardev_help_lists_backends_and_keys_from_the_library():
 
 
 @pytest.mark.parametrize("args, text", [
-    (["--chardev", "tcp,id=c0"], "unknown chardev backend 'tcp' (known: null, stdio, fd, file, socket)"),
+    (["--chardev", "tcp,id=c0"],
+     "unknown chardev backend 'tcp' (known: null, stdio, fd, file, socket)"),
     (["--chardev", "null"], "null: chardevs need id="),
     (["--chardev", "socket,id=c0"], "chardev 'c0': socket needs path="),
     (["--chardev", "socket,id=c0,path=/tmp/x.sock,server=on,wait=on"], "wait=on is not supported"),
@@ -174,8 +175,9 @@ def test_chardev_help_lists_backends_and_keys_from_the_library():
      "reconnect= is for client sockets"),
     (["--chardev", "socket,id=c0,path=/nonexistent/vmm.sock"],
      "chardev 'c0': connect /nonexistent/vmm.sock: No such file or directory"),
-    (["--chardev", "socket,id=c0,path=/tmp/" + "x" * 120, "--serial", "none"], "longer than 107 bytes"),
-    (["--chardev", "file,id=f,path=/nonexistent/dir/out"], "/nonexistent/dir/out: No such file or directory"),
+    (["--chardev", "socket,id=c0,path=/tmp/" + "x" * 120], "longer than 107 bytes"),
+    (["--chardev", "file,id=f,path=/nonexistent/dir/out"],
+     "/nonexistent/dir/out: No such file or directory"),
     (["--chardev", "fd,id=f,in=987"], "in=987 out=-1: not an open file descriptor"),
     (["--chardev", "fd,id=f"], "fd needs in=FD and/or out=FD"),
     (["--chardev", "fd,id=f,in=x"], "chardev 'f': fd: in: 'x' is not a number"),
@@ -194,12 +196,15 @@ def test_bad_chardev_input_gets_one_clear_line(args, text):
 @pytest.mark.parametrize("devices, text", [
     (["virtio-serial-pci", "virtserialport,chardev=nope"], "chardev 'nope' does not exist"),
     (["virtserialport,chardev=c"], "no virtio-serial device"),
-    (["virtio-serial-pci,id=vs0", "virtserialport,chardev=c,bus=vs9.0"], "no virtio-serial device 'vs9.0'"),
+    (["virtio-serial-pci,id=vs0", "virtserialport,chardev=c,bus=vs9.0"],
+     "no virtio-serial device 'vs9.0'"),
     (["virtio-serial-pci", "virtserialport,chardev=c", "virtconsole,chardev=c"],
      "chardev 'c' is already used by virtio-serial-pci port 1"),
-    (["virtio-serial-pci,max_ports=2", "virtserialport,chardev=c,nr=2"], "nr=2: the device has max_ports=2"),
+    (["virtio-serial-pci,max_ports=2", "virtserialport,chardev=c,nr=2"],
+     "nr=2: the device has max_ports=2"),
     (["virtio-serial-pci,chardev=c", "virtconsole,chardev=d,nr=0"], "port 0 is taken"),
-    (["virtio-serial-pci", "virtserialport,chardev=c,name=" + "n" * 128], "name must have 1 to 127"),
+    (["virtio-serial-pci", "virtserialport,chardev=c,name=" + "n" * 128],
+     "name must have 1 to 127"),
 ])
 def test_bad_port_devices_are_named(devices, text):
     args = ["--kernel", guest("hello-exit"), "--machine", "pc", "--chardev", "null,id=c",

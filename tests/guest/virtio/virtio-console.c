@@ -168,7 +168,8 @@ static void handle(const struct ctrl *c, const uint8_t *extra, uint32_t extra_le
         break;
     case PORT_OPEN:
         p->host_open = c->value;
-        printf("virtio-console: port %u: host %s\n", c->id, c->value ? "connected" : "disconnected");
+        printf("virtio-console: port %u: host %s\n", c->id,
+               c->value ? "connected" : "disconnected");
         break;
     default:
         printf("virtio-console: control event %u for port %u ignored\n", c->event, c->id);
