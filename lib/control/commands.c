@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "control/control-int.h"
+#include "libvmm/net.h"
 
 void qmp_error(struct qmp_result *r, const char *cls, const char *fmt, ...)
 {
@@ -210,15 +211,6 @@ static JsonNode *cmd_query_cpus_fast(struct control *ctl, JsonObject *args, stru
     return array_node(arr);
 }
 
-/* No block devices exist yet: QEMU's list of block backends is empty too
- * when nodes added with blockdev-add are not attached to a device. */
-static JsonNode *cmd_query_block(struct control *ctl, JsonObject *args, struct qmp_result *r)
-{
-    (void)ctl;
-    (void)args;
-    (void)r;
-    return array_node(json_array_new());
-}
 
 static JsonNode *cmd_query_pci(struct control *ctl, JsonObject *args, struct qmp_result *r)
 {
@@ -228,26 +220,61 @@ static JsonNode *cmd_query_pci(struct control *ctl, JsonObject *args, struct qmp
     return array_node(json_array_new()); /* no PCI host bridge yet */
 }
 
+static int add_named_node(void *opaque, const struct vmm_block_node_info *n)
+{
+    JsonObject *image = json_object_new();
+    json_object_set_string_member(image, "filename", n->filename);
+    json_object_set_string_member(image, "format", n->driver);
+    json_object_set_int_member(image, "virtual-size", vmm_block_size(n->block));
+    JsonObject *o = json_object_new();
+    json_object_set_string_member(o, "node-name", n->name);
+    json_object_set_string_member(o, "drv", n->driver);
+    json_object_set_boolean_member(o, "ro", n->read_only);
+    json_object_set_string_member(o, "file", n->filename);
+    json_object_set_object_member(o, "image", image);
+    json_array_add_object_element(opaque, o);
+    return 0;
+}
+
+/* query-block: the drives devices use, as QEMU lists a device's backend
+ * (nodes no device uses are not listed, as in QEMU). */
+static int add_attached_node(void *opaque, const struct vmm_block_node_info *n)
+{
+    if (!n->device)
+        return 0;
+    JsonArray *named = json_array_new();
+    add_named_node(named, n);
+    JsonObject *o = json_object_new();
+    char *qdev = g_strdup_printf("/machine/peripheral/%s/virtio-backend", n->device);
+    json_object_set_string_member(o, "device", "");
+    json_object_set_string_member(o, "qdev", qdev);
+    json_object_set_boolean_member(o, "locked", false);
+    json_object_set_boolean_member(o, "removable", false);
+    json_object_set_string_member(o, "type", "unknown");
+    json_object_set_object_member(o, "inserted",
+                                  json_object_ref(json_array_get_object_element(named, 0)));
+    json_array_add_object_element(opaque, o);
+    json_array_unref(named);
+    g_free(qdev);
+    return 0;
+}
+
+static JsonNode *cmd_query_block(struct control *ctl, JsonObject *args, struct qmp_result *r)
+{
+    (void)args;
+    (void)r;
+    JsonArray *arr = json_array_new();
+    vmm_machine_list_block_nodes(ctl->m, add_attached_node, arr);
+    return array_node(arr);
+}
+
 static JsonNode *cmd_query_named_block_nodes(struct control *ctl, JsonObject *args,
                                              struct qmp_result *r)
 {
     (void)args;
     (void)r;
     JsonArray *arr = json_array_new();
-    for (GList *l = ctl->nodes; l; l = l->next) {
-        struct block_node *n = l->data;
-        JsonObject *image = json_object_new();
-        json_object_set_string_member(image, "filename", n->filename);
-        json_object_set_string_member(image, "format", n->driver);
-        json_object_set_int_member(image, "virtual-size", vmm_block_size(n->blk));
-        JsonObject *o = json_object_new();
-        json_object_set_string_member(o, "node-name", n->name);
-        json_object_set_string_member(o, "drv", n->driver);
-        json_object_set_boolean_member(o, "ro", n->read_only);
-        json_object_set_string_member(o, "file", n->filename);
-        json_object_set_object_member(o, "image", image);
-        json_array_add_object_element(arr, o);
-    }
+    vmm_machine_list_block_nodes(ctl->m, add_named_node, arr);
     return array_node(arr);
 }
 
@@ -289,6 +316,14 @@ static JsonNode *cmd_system_powerdown(struct control *ctl, JsonObject *args, str
 {
     (void)args;
     return action_reply(vmm_machine_request_poweroff(ctl->m), r);
+}
+
+/* QEMU's set_link: name is a netdev id or a NIC's device id. */
+static JsonNode *cmd_set_link(struct control *ctl, JsonObject *args, struct qmp_result *r)
+{
+    const char *name = json_object_get_string_member(args, "name");
+    bool up = json_object_get_boolean_member(args, "up");
+    return action_reply(vmm_machine_set_link(ctl->m, name, up), r);
 }
 
 static JsonNode *cmd_quit(struct control *ctl, JsonObject *args, struct qmp_result *r)
@@ -489,31 +524,6 @@ static JsonNode *cmd_device_del(struct control *ctl, JsonObject *args, struct qm
 
 /* ---- block nodes ---------------------------------------------------------------- */
 
-static struct block_node *find_node(struct control *ctl, const char *name)
-{
-    for (GList *l = ctl->nodes; l; l = l->next) {
-        struct block_node *n = l->data;
-        if (!strcmp(n->name, name))
-            return n;
-    }
-    return NULL;
-}
-
-static void node_free(struct block_node *n)
-{
-    vmm_block_close(n->blk);
-    g_free(n->name);
-    g_free(n->driver);
-    g_free(n->filename);
-    g_free(n);
-}
-
-void control_close_nodes(struct control *ctl)
-{
-    g_list_free_full(ctl->nodes, (GDestroyNotify)node_free);
-    ctl->nodes = NULL;
-}
-
 /* blockdev-add's nested arguments as the block layer's flat options
  * ("file.filename=..."). */
 static bool flatten_options(JsonObject *obj, const char *prefix, GString *out,
@@ -523,8 +533,8 @@ static bool flatten_options(JsonObject *obj, const char *prefix, GString *out,
     bool ok = true;
     for (GList *l = members; l && ok; l = l->next) {
         const char *key = l->data;
-        if (!*prefix && !strcmp(key, "read-only"))
-            continue; /* given as an open flag */
+        if (!*prefix && (!strcmp(key, "read-only") || !strcmp(key, "discard")))
+            continue; /* an open flag; the drive's discard policy */
         char *full = *prefix ? g_strdup_printf("%s.%s", prefix, key) : g_strdup(key);
         JsonNode *node = json_object_get_member(obj, key);
         char buf[32];
@@ -566,7 +576,7 @@ static JsonNode *cmd_blockdev_add(struct control *ctl, JsonObject *args, struct 
         qmp_error(r, "GenericError", "'node-name' must be specified for the root node");
         return NULL;
     }
-    if (find_node(ctl, name)) {
+    if (machine_drive_exists(ctl->m, name)) {
         qmp_error(r, "GenericError", "Duplicate nodes with node-name='%s'", name);
         return NULL;
     }
@@ -584,31 +594,29 @@ static JsonNode *cmd_blockdev_add(struct control *ctl, JsonObject *args, struct 
     g_string_free(spec, TRUE);
     if (!blk)
         return NULL;
-    struct block_node *n = g_new0(struct block_node, 1);
-    n->name = g_strdup(name);
-    n->driver = g_strdup(vmm_block_format(blk));
-    const char *filename = node_filename(args);
-    n->filename = g_strdup(filename ? filename : "");
-    n->read_only = read_only;
-    n->blk = blk;
-    g_mutex_lock(&ctl->lock);
-    ctl->nodes = g_list_append(ctl->nodes, n);
-    g_mutex_unlock(&ctl->lock);
+    struct machine_drive *drive = machine_drive_insert(ctl->m, name, blk, node_filename(args),
+                                                       read_only);
+    if (!drive) {
+        vmm_block_close(blk);
+        api_error(r);
+        return NULL;
+    }
+    const char *discard = opt_str(args, "discard");
+    drive->discard_unmap = discard && (!strcmp(discard, "unmap") || !strcmp(discard, "on"));
     return empty_return();
 }
 
 static JsonNode *cmd_blockdev_del(struct control *ctl, JsonObject *args, struct qmp_result *r)
 {
     const char *name = json_object_get_string_member(args, "node-name");
-    struct block_node *n = find_node(ctl, name);
-    if (!n) {
+    if (!machine_drive_exists(ctl->m, name)) {
         qmp_error(r, "GenericError", "Failed to find node with node-name='%s'", name);
         return NULL;
     }
-    g_mutex_lock(&ctl->lock);
-    ctl->nodes = g_list_remove(ctl->nodes, n);
-    g_mutex_unlock(&ctl->lock);
-    node_free(n);
+    if (machine_drive_remove(ctl->m, name) < 0) {
+        qmp_error(r, "GenericError", "Node '%s' is busy: %s", name, vmm_get_error());
+        return NULL;
+    }
     return empty_return();
 }
 
@@ -653,6 +661,7 @@ static const struct qmp_command commands[] = {
     { "system_reset", cmd_system_reset, { { 0 } }, false },
     { "system_powerdown", cmd_system_powerdown, { { 0 } }, false },
     { "quit", cmd_quit, { { 0 } }, false },
+    { "set_link", cmd_set_link, { { "name", ARG_STR, true }, { "up", ARG_BOOL, true } }, false },
     { "qom-list-types", cmd_qom_list_types,
       { { "implements", ARG_STR, false }, { "abstract", ARG_BOOL, false } }, false },
     { "device-list-properties", cmd_device_list_properties, { { "typename", ARG_STR, true } }, false },

@@ -10,26 +10,18 @@
 #include "libvmm/block.h"
 #include "libvmm/control.h"
 #include "machine/machine.h"
+#include "machine/drives.h"
 
 /* Limits that keep one client from disturbing the others. */
 #define QMP_MAX_MESSAGE (1u << 20)     /* bytes in one JSON message */
 #define QMP_MAX_NESTING 64             /* nested objects/arrays in one message */
 #define QMP_MAX_PENDING_OUTPUT (8u << 20) /* unread replies and events */
 
-struct block_node {
-    char *name;
-    char *driver;
-    char *filename;
-    bool read_only;
-    vmm_block *blk;
-};
-
 struct control {
     vmm_machine *m;
     GMutex lock;           /* clients' output buffers and the client list */
     GList *servers;        /* struct qmp_server */
     GList *clients;        /* struct qmp_client */
-    GList *nodes;          /* struct block_node, blockdev-add order */
 };
 
 /* One command's outcome: a return value or an error class and text. */
@@ -54,8 +46,6 @@ char *hmp_run(struct control *ctl, const char *line, struct qmp_result *r);
 
 /* Run a QMP command by name with arguments (NULL: none) for the HMP. */
 JsonNode *qmp_call(struct control *ctl, const char *name, JsonObject *args, struct qmp_result *r);
-
-void control_close_nodes(struct control *ctl);
 
 /* The fuzz harness's entry: a whole client session on the caller's thread;
  * returns the number of replies. */

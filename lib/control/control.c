@@ -178,8 +178,11 @@ static JsonObject *event_data(const struct vmm_event *ev)
     }
     case VMM_EVENT_BLOCK_IO_ERROR:
         json_object_set_string_member(data, "device", ev->device ? ev->device : "");
-        json_object_set_string_member(data, "operation", "write");
-        json_object_set_string_member(data, "action", "report");
+        if (ev->node_name)
+            json_object_set_string_member(data, "node-name", ev->node_name);
+        json_object_set_string_member(data, "operation", ev->operation ? ev->operation : "write");
+        json_object_set_string_member(data, "action", ev->action ? ev->action : "report");
+        json_object_set_boolean_member(data, "nospace", ev->nospace != 0);
         json_object_set_string_member(data, "reason", ev->message ? ev->message : "");
         break;
     case VMM_EVENT_VSERPORT_CHANGE:
@@ -221,10 +224,17 @@ static void control_on_event(void *opaque, const struct vmm_event *ev)
     }
     g_mutex_unlock(&ctl->lock);
     g_free(text);
-    /* In the I/O thread the command's flush sends it (before the reply);
-     * from other threads, wake the I/O thread. */
-    if (any && !g_main_context_is_owner(ctl->m->io_context))
+    /* In the I/O thread a command's flush sends it (before the reply), or,
+     * for events a device raised there, an idle flush right after; from
+     * other threads, wake the I/O thread. */
+    if (any && !g_main_context_is_owner(ctl->m->io_context)) {
         g_main_context_invoke(ctl->m->io_context, flush_all_cb, ctl);
+    } else if (any) {
+        GSource *idle = g_idle_source_new();
+        g_source_set_callback(idle, flush_all_cb, ctl, NULL);
+        g_source_attach(idle, ctl->m->io_context);
+        g_source_unref(idle);
+    }
 }
 
 /* ---- input ---------------------------------------------------------------- */
@@ -467,7 +477,6 @@ static void control_free(void *opaque)
         client_free(cl);
     }
     g_list_free_full(ctl->servers, (GDestroyNotify)server_free);
-    control_close_nodes(ctl);
     g_mutex_clear(&ctl->lock);
     g_free(ctl);
 }
@@ -491,28 +500,6 @@ static struct control *control_get(vmm_machine *m)
     }
     g_mutex_unlock(&control_create_lock);
     return ctl;
-}
-
-LIBVMM_EXPORT int vmm_machine_list_block_nodes(vmm_machine *m, vmm_block_node_fn fn, void *user_data)
-{
-    vmm_clear_error();
-    if (!m || !fn)
-        return vmm_set_error(EINVAL, "vmm_machine_list_block_nodes: machine and callback are required");
-    struct control *ctl = m->control;
-    if (!ctl)
-        return 0; /* no node was ever added */
-    g_mutex_lock(&ctl->lock);
-    for (GList *l = ctl->nodes; l; l = l->next) {
-        const struct block_node *n = l->data;
-        struct vmm_block_node_info info = {
-            .size = sizeof(info), .name = n->name, .driver = n->driver,
-            .filename = n->filename, .read_only = n->read_only, .block = n->blk,
-        };
-        if (fn(user_data, &info))
-            break;
-    }
-    g_mutex_unlock(&ctl->lock);
-    return 0;
 }
 
 /* "unix:PATH[,server][,nowait][,server=on][,wait=off]" or a plain path. */
@@ -696,7 +683,7 @@ size_t control_fuzz_feed(vmm_machine *m, const char *data, size_t len)
         replies++;
     g_string_free(cl.in, TRUE);
     g_string_free(cl.out, TRUE);
-    control_close_nodes(&ctl);
+    machine_drives_free(m); /* what blockdev-add opened (the fuzz machine has no devices) */
     g_mutex_clear(&ctl.lock);
     return replies;
 }

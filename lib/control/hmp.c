@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "control/control-int.h"
+#include "net/net.h"
 
 struct hmp_command {
     const char *name;
@@ -38,15 +39,18 @@ static void info_cpus(struct control *ctl, const char *arg, GString *out, struct
     vmm_machine_list_vcpus(ctl->m, print_cpu, out);
 }
 
+static int print_block_node(void *opaque, const struct vmm_block_node_info *n)
+{
+    g_string_append_printf(opaque, "%s: %s (%s%s)\r\n", n->name, n->filename, n->driver,
+                           n->read_only ? ", read-only" : "");
+    return 0;
+}
+
 static void info_block(struct control *ctl, const char *arg, GString *out, struct qmp_result *r)
 {
     (void)arg;
     (void)r;
-    for (GList *l = ctl->nodes; l; l = l->next) {
-        struct block_node *n = l->data;
-        g_string_append_printf(out, "%s: %s (%s%s)\r\n", n->name, n->filename, n->driver,
-                               n->read_only ? ", read-only" : "");
-    }
+    vmm_machine_list_block_nodes(ctl->m, print_block_node, out);
 }
 
 static void info_pci(struct control *ctl, const char *arg, GString *out, struct qmp_result *r)
@@ -82,11 +86,23 @@ static void info_version(struct control *ctl, const char *arg, GString *out, str
     g_string_append_printf(out, "%s (libvmm %s)\r\n", vmm_version(), vmm_version());
 }
 
+static void info_network(struct control *ctl, const char *arg, GString *out, struct qmp_result *r)
+{
+    (void)arg;
+    (void)r;
+    for (struct net_backend *nb = ctl->m->netdevs; nb; nb = nb->next) {
+        char *line = net_backend_describe(nb);
+        g_string_append_printf(out, "%s\r\n", line);
+        g_free(line);
+    }
+}
+
 static const struct hmp_command info_commands[] = {
     { "status", "show the current VM status (running|paused)", info_status },
     { "cpus", "show infos for each CPU", info_cpus },
     { "block", "show the block devices", info_block },
     { "pci", "show PCI info", info_pci },
+    { "network", "show the network state", info_network },
     { "qtree", "show device tree", info_qtree },
     { "version", "show the version of QEMU", info_version },
 };

@@ -12,6 +12,8 @@
 static const struct device_class *const classes[] = {
     &device_serial, &device_i8042, &device_rtc, &device_debug_exit, &device_acpi_pm,
     &device_pci_host, &device_virtio_rng_pci.dc, &device_virtio_rng_mmio.dc,
+    &device_virtio_net_pci.dc, &device_virtio_net_mmio.dc,
+    &device_virtio_blk_pci.dc, &device_virtio_blk_mmio.dc,
     &device_virtio_console_pci.dc, &device_virtio_console_mmio.dc, &device_virtio_serial_pci.dc,
     &device_virtio_serial_mmio.dc, &device_virtconsole, &device_virtserialport,
 };

@@ -305,3 +305,36 @@ void pci_msix_write(struct pci_device *pd, uint64_t offset, uint64_t value, unsi
         deliver_pending(x);
     }
 }
+
+/* ---- saved state ---------------------------------------------------------- */
+
+void pci_msix_save(const struct pci_device *pd, uint8_t *table, size_t table_len, uint64_t *pba)
+{
+    const struct pci_msix *x = &pd->msix;
+    size_t len = (size_t)x->nvec * PCI_MSIX_ENTRY_SIZE;
+    memset(table, 0, table_len);
+    memcpy(table, x->table, len < table_len ? len : table_len);
+    *pba = x->nvec ? x->pba[0] : 0;
+}
+
+/* Before the config space (whose MSI-X control write syncs the routes and
+ * delivers what is pending). */
+int pci_msix_restore(struct pci_device *pd, const uint8_t *table, size_t table_len, uint64_t pba)
+{
+    struct pci_msix *x = &pd->msix;
+    size_t len = (size_t)x->nvec * PCI_MSIX_ENTRY_SIZE;
+    if (len > table_len || x->nvec > 64)
+        return vmm_set_error(EINVAL, "%s: %u MSI-X vectors do not fit the saved table",
+                             pd->dev.cls->name, x->nvec);
+    if (x->nvec < 64 && (pba >> x->nvec))
+        return vmm_set_error(EINVAL, "%s: MSI-X pending bits 0x%" PRIx64 " beyond %u vectors",
+                             pd->dev.cls->name, pba, x->nvec);
+    memcpy(x->table, table, len);
+    for (unsigned v = 0; v < x->nvec; v++) {
+        /* Only the mask bit of vector control exists. */
+        uint32_t ctrl = entry_word(x, v, 12) & PCI_MSIX_ENTRY_CTRL_MASKBIT;
+        memcpy(x->table + v * PCI_MSIX_ENTRY_SIZE + 12, &ctrl, 4);
+    }
+    x->pba[0] = pba;
+    return 0;
+}

@@ -150,6 +150,10 @@ bool pci_msix_enabled(const struct pci_device *pd);
 /* Send vector `v` (or set its pending bit while masked). */
 void pci_msix_notify(struct pci_device *pd, unsigned v);
 /* Accesses to the table/PBA ranges of the MSI-X BAR. */
+/* Saved state: the vector table (at most table_len bytes) and the first 64
+ * pending bits; restore before pci_device_restore_config. */
+void pci_msix_save(const struct pci_device *pd, uint8_t *table, size_t table_len, uint64_t *pba);
+int pci_msix_restore(struct pci_device *pd, const uint8_t *table, size_t table_len, uint64_t pba);
 bool pci_msix_handles(const struct pci_device *pd, int bar, uint64_t offset);
 uint64_t pci_msix_read(struct pci_device *pd, uint64_t offset, unsigned size);
 void pci_msix_write(struct pci_device *pd, uint64_t offset, uint64_t value, unsigned size);

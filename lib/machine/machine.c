@@ -10,6 +10,8 @@
 #include "devices/acpi-pm.h"
 #include "chardev/chardev.h"
 #include "devices/device.h"
+#include "net/net.h"
+#include "machine/drives.h"
 #include "introspect.h"
 #include "machine/machine.h"
 
@@ -34,6 +36,9 @@ static const struct vmm_prop machine_props[] = {
       "on: a guest reset restarts the machine; off: it ends the machine", NULL, 0, 0 },
     { "name", VMM_PROP_STR, offsetof(struct machine_config, name), "",
       "the machine's name", NULL, 0, 0 },
+    { "virtio-mmio-cmdline", VMM_PROP_BOOL, offsetof(struct machine_config, virtio_mmio_cmdline),
+      "off", "on: also announce virtio-mmio devices on the kernel command line "
+      "(virtio_mmio.device=), for kernels without ACPI; the DSDT always lists them", NULL, 0, 0 },
     { NULL, 0, 0, NULL, NULL, NULL, 0, 0 },
 };
 
@@ -278,6 +283,15 @@ static const char *event_name(enum vmm_event_type type)
     return (unsigned)type < VMM_ARRAY_SIZE(names) ? names[type] : "UNKNOWN";
 }
 
+static void deliver_event(vmm_machine *m, const struct vmm_event *ev)
+{
+    pthread_mutex_lock(&m->event_lock);
+    if (m->event_fn)
+        m->event_fn(m->event_data, ev);
+    machine_call_listeners(m, ev);
+    pthread_mutex_unlock(&m->event_lock);
+}
+
 void machine_emit(vmm_machine *m, enum vmm_event_type type, int guest, const char *reason,
                   const char *device, const char *message)
 {
@@ -290,11 +304,22 @@ void machine_emit(vmm_machine *m, enum vmm_event_type type, int guest, const cha
         .seconds = now.tv_sec, .microseconds = now.tv_nsec / 1000,
         .guest = guest, .reason = reason, .device = device, .message = message,
     };
-    pthread_mutex_lock(&m->event_lock);
-    if (m->event_fn)
-        m->event_fn(m->event_data, &ev);
-    machine_call_listeners(m, &ev);
-    pthread_mutex_unlock(&m->event_lock);
+    deliver_event(m, &ev);
+}
+
+void machine_emit_block_io_error(vmm_machine *m, const char *device, const char *node,
+                                 const char *operation, const char *action, bool nospace,
+                                 const char *reason)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    struct vmm_event ev = {
+        .size = sizeof(ev), .type = VMM_EVENT_BLOCK_IO_ERROR,
+        .name = event_name(VMM_EVENT_BLOCK_IO_ERROR), .seconds = now.tv_sec,
+        .microseconds = now.tv_nsec / 1000, .device = device, .message = reason,
+        .node_name = node, .operation = operation, .action = action, .nospace = nospace,
+    };
+    deliver_event(m, &ev);
 }
 
 /* ---- ending, pausing, resetting --------------------------------------- */
@@ -758,6 +783,7 @@ LIBVMM_EXPORT void vmm_machine_free(vmm_machine *m)
         device_free(m->devices);
         m->devices = next;
     }
+    net_release_all(m);              /* after the NICs that used them */
     chardev_free_all(m);   /* after the devices, their frontends */
     for (unsigned i = 0; i < m->nr_vcpus; i++)
         vcpu_destroy(m->vcpus[i]);
@@ -771,6 +797,7 @@ LIBVMM_EXPORT void vmm_machine_free(vmm_machine *m)
     if (m->event_free)
         m->event_free(m->event_data);
     machine_release_extras(m);
+    machine_drives_free(m);   /* after the devices that used them */
     vmm_props_release(machine_props, &m->cfg);
     pthread_mutex_destroy(&m->event_lock);
     pthread_mutex_destroy(&m->transition_lock);

@@ -21,6 +21,7 @@ struct vcpu;
 struct machine_listener;
 struct machine_log;
 struct pci_bus;
+struct net_backend;
 
 /* The machine's configuration: every field is a machine property. */
 struct machine_config {
@@ -32,6 +33,7 @@ struct machine_config {
     char *cpu_model;
     bool reboot;
     char *name;
+    bool virtio_mmio_cmdline;
 };
 
 struct machine_class {
@@ -98,6 +100,10 @@ struct vmm_machine {
     uint64_t ram_below_4g, ram_above_4g;
     uint64_t rsdp_addr;
     struct pci_bus *pci;           /* bus 0 (machine type pc), owned by the pci-host device */
+    struct net_backend *netdevs;   /* network backends by id (lib/net) */
+    /* Drives (lib/machine/drives.c): struct machine_drive, in the order added. */
+    GMutex drives_lock;
+    GList *drives;
 };
 
 /* ---- for devices and the vCPU loop ------------------------------------- */
@@ -110,6 +116,11 @@ void machine_guest_reset(vmm_machine *m, const char *why);
 /* Deliver an event to the embedder (never with m->lock held). */
 void machine_emit(vmm_machine *m, enum vmm_event_type type, int guest, const char *reason,
                   const char *device, const char *message);
+/* BLOCK_IO_ERROR with QMP's fields (operation "read"/"write", action
+ * "report"/"ignore"/"stop"); never with a device lock held. */
+void machine_emit_block_io_error(vmm_machine *m, const char *device, const char *node,
+                                 const char *operation, const char *action, bool nospace,
+                                 const char *reason);
 /* Raise or lower an interrupt line (GSI) of the in-kernel irqchip. */
 int machine_set_irq(vmm_machine *m, unsigned gsi, bool level);
 /* Run `fn` in the machine's I/O thread. */

@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include "machine/machine.h"
 #include "machine/x86.h"
+#include "devices/virtio/virtio.h"
 
 #define MAX_KERNEL_FILE (512ull << 20)
 #define XEN_ELFNOTE_PHYS32_ENTRY 18
@@ -115,9 +116,19 @@ static int zero_guest(vmm_machine *m, uint64_t gpa, uint64_t len, const char *wh
 
 /* ---- command line and initrd ------------------------------------------ */
 
+/* The user's command line, plus the virtio-mmio devices when asked. */
+static char *effective_cmdline(vmm_machine *m)
+{
+    const char *user = m->cfg.cmdline ? m->cfg.cmdline : "";
+    if (!m->cfg.virtio_mmio_cmdline)
+        return g_strdup(user);
+    g_autofree char *devices = virtio_mmio_cmdline(m);
+    return g_strjoin(*user && *devices ? " " : "", user, devices, NULL);
+}
+
 static int load_cmdline(vmm_machine *m, uint64_t limit)
 {
-    const char *cmdline = m->cfg.cmdline ? m->cfg.cmdline : "";
+    g_autofree char *cmdline = effective_cmdline(m);
     size_t len = strlen(cmdline) + 1;
     if (len > limit)
         return vmm_set_error(E2BIG, "the command line is %zu bytes; this kernel takes at most %" PRIu64,

@@ -398,6 +398,30 @@ static void test_poweroff_without_acpi_guest(void **s)
     vmm_machine_free(m);
 }
 
+/* virtio-mmio-cmdline=on appends Linux's virtio_mmio.device= for each
+ * device after the user's command line (the serial guest prints it). */
+static void test_virtio_mmio_cmdline(void **s)
+{
+    (void)s;
+    struct console c;
+    vmm_machine *m = guest_machine("serial", "keep=me", &c);
+    assert_int_equal(vmm_machine_set(m, "virtio-mmio-cmdline", "on"), 0);
+    assert_int_equal(vmm_machine_add_device(m, "virtio-rng-device"), 0);
+    assert_int_equal(vmm_machine_add_device(m, "virtio-rng-device"), 0);
+    assert_int_equal(vmm_machine_start(m), 0);
+    assert_int_equal(vmm_machine_wait(m, 120000), 0);
+    wait_for_text(&c, "cmdline \"keep=me virtio_mmio.device=512@0xfeb00000:16 "
+                      "virtio_mmio.device=512@0xfeb00200:17\"", 1);
+    vmm_machine_free(m);
+
+    m = guest_machine("serial", "", &c);
+    assert_int_equal(vmm_machine_add_device(m, "virtio-rng-device"), 0);
+    assert_int_equal(vmm_machine_start(m), 0);
+    assert_int_equal(vmm_machine_wait(m, 120000), 0);
+    wait_for_text(&c, "cmdline \"\"", 1); /* off by default: the DSDT lists them */
+    vmm_machine_free(m);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -419,6 +443,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_stop_and_free_running),
         cmocka_unit_test(test_poweroff_without_acpi_guest),
         cmocka_unit_test(test_events_in_order),
+        cmocka_unit_test(test_virtio_mmio_cmdline),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

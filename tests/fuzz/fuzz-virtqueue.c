@@ -10,21 +10,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include "devices/virtio/virtqueue.h"
+#include "fuzz-vq.h"
 #include "machine/memory.h"
 #include "util/util.h"
 
-#define FUZZ_RAM (64u * 1024)
 #define MAX_POPS 64
 
-static struct guest_memory mem;
-static int ready;
+static struct guest_memory *mem;   /* fuzz_ram() */
 
 static void check_inside(const struct vq_iov *iov)
 {
     const uint8_t *base = iov->base;
-    if (base < mem.base || base + iov->len > mem.base + mem.total || base + iov->len < base)
+    if (base < mem->base || base + iov->len > mem->base + mem->total || base + iov->len < base)
         __builtin_trap();
-    if (guest_memory_ptr(&mem, iov->gpa, iov->len) != iov->base)
+    if (guest_memory_ptr(mem, iov->gpa, iov->len) != iov->base)
         __builtin_trap();
 }
 
@@ -38,27 +37,10 @@ static void check_error(void)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (!ready) {
-        if (guest_memory_init(&mem, FUZZ_RAM, 0) < 0)
-            __builtin_trap();
-        ready = 1;
-    }
-    if (size < 8)
-        return 0;
-    uint8_t *ram = guest_memory_ptr(&mem, 0, FUZZ_RAM);
-    size_t image = size - 8 < FUZZ_RAM ? size - 8 : FUZZ_RAM;
-    memset(ram, 0, FUZZ_RAM);
-    memcpy(ram, data + 8, image);
-
     struct virtqueue vq;
-    virtqueue_init(&vq, &mem, 256);
-    vq.size = (uint16_t)(data[0] | data[1] << 8);
-    vq.indirect = data[2] & 1;
-    vq.event_idx = data[2] & 2;
-    /* Ring addresses in 16-byte units, near or beyond the end of RAM. */
-    vq.desc_gpa = (uint64_t)(data[3] | (data[4] & 0x1f) << 8) * 16;
-    vq.avail_gpa = (uint64_t)(data[5] | (data[4] >> 5) << 8) * 16 + (data[2] >> 2 & 1) * 2;
-    vq.used_gpa = (uint64_t)(data[6] | data[7] << 8) * 4;
+    mem = fuzz_ram();
+    if (!fuzz_vq_load(mem, &vq, data, size))
+        return 0;
     vmm_clear_error();
     if (virtqueue_enable(&vq) < 0) {
         check_error();

@@ -24,6 +24,71 @@ import threading
 SKIP = 77
 
 
+def prepare_images(test, workdir):
+    """Create test["images"] ({name: {format, size, prefill}}) in workdir
+    with qemu-img (prefill: a qemu-io command run on the new image);
+    returns {name: path}."""
+    paths = {}
+    for name, image in test.get("images", {}).items():
+        path = os.path.join(workdir, f"{name}.{image['format']}")
+        subprocess.run(["qemu-img", "create", "-q", "-f", image["format"], path, image["size"]],
+                       check=True)
+        if image.get("prefill"):
+            subprocess.run(["qemu-io", "-f", image["format"], "-c", image["prefill"], path],
+                           check=True, stdout=subprocess.DEVNULL)
+        paths[name] = path
+    return paths
+
+
+def substitute(items, paths):
+    """Replace {name} with the image's path in each string."""
+    out = []
+    for item in items:
+        for name, path in paths.items():
+            item = item.replace("{" + name + "}", path)
+        out.append(item)
+    return out
+
+
+def compare_images(test, paths):
+    """test["image_compare"]: {name: [qemu-io commands]} builds a raw
+    reference of the image's size from those commands; the whole image must
+    then compare equal to it (qemu-img compare): nothing stray anywhere."""
+    problems = []
+    for name, commands in test.get("image_compare", {}).items():
+        path, fmt = paths[name], test["images"][name]["format"]
+        ref = path + ".expected"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "raw", ref, test["images"][name]["size"]],
+                       check=True)
+        for c in commands:
+            subprocess.run(["qemu-io", "-f", "raw", "-c", c, ref], check=True,
+                           stdout=subprocess.DEVNULL)
+        proc = subprocess.run(["qemu-img", "compare", "-f", fmt, "-F", "raw", path, ref],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            problems.append(f"image {name} differs from the expected content: {proc.stdout.strip()}")
+        else:
+            print(f"image compare ok: {name} = {' ; '.join(commands)}")
+    return problems
+
+
+def check_images(test, paths):
+    """Run test["image_checks"] (commands such as qemu-io -r -c 'read -P ..'
+    or qemu-img check); each must exit 0 without a failed verification;
+    then test["image_compare"]."""
+    problems = compare_images(test, paths)
+    for cmd in test.get("image_checks", []):
+        cmd = substitute(cmd, paths)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        bad = re.search(r"verification failed|read failed|write failed", proc.stdout, re.I)
+        if proc.returncode != 0 or bad:
+            problems.append(f"image check {' '.join(cmd)!r} (status {proc.returncode}): "
+                            f"{proc.stdout.strip()}")
+        else:
+            print(f"image check ok: {' '.join(cmd)}")
+    return problems
+
+
 def qemu_command(qemu, conf, test, elf):
     cmd = [
         qemu,
@@ -42,6 +107,11 @@ def qemu_command(qemu, conf, test, elf):
         cmd += ["-append", test["cmdline"]]
     cmd += test.get("qemu_args", [])
     return cmd
+
+
+def image_workdir(test):
+    """A temporary directory for the test's images (None without images)."""
+    return tempfile.TemporaryDirectory(prefix="vmm-guest-") if test.get("images") else None
 
 
 def check_rtc(console, tolerance_s):
@@ -245,7 +315,9 @@ def run(args, conf, test):
         print("SKIP: /dev/kvm is missing or not accessible")
         return SKIP
 
-    cmd = qemu_command(qemu, conf, test, args.elf)
+    workdir = image_workdir(test)
+    paths = prepare_images(test, workdir.name) if workdir else {}
+    cmd = substitute(qemu_command(qemu, conf, test, args.elf), paths)
     print("+ " + " ".join(cmd), flush=True)
     peers = make_peers(test, conf["timeout_s"])
     status, console, stderr = run_guest(cmd, test, conf["timeout_s"], peers)
@@ -256,7 +328,7 @@ def run(args, conf, test):
     print(console, end="" if console.endswith("\n") else "\n")
     if stderr:
         print("qemu stderr:\n" + stderr)
-    problems = check(test, status, console) + peer_problems(peers)
+    problems = check(test, status, console) + check_images(test, paths) + peer_problems(peers)
     for p in problems:
         print(f"FAIL: {args.test}: {p}")
     if not problems:

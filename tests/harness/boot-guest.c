@@ -1,8 +1,8 @@
 /* Boot one guest through the public API with the console on a callback,
  * and exit with the machine's status: what the guest suite runs.
  * Usage: boot-guest KERNEL CPUS MEMORY CMDLINE TIMEOUT_S [OPTION...]
- * Options: no-exit-device, machine=TYPE, device=SPEC (repeatable), chardev=SPEC
- * (repeatable, added before the devices),
+ * Options: no-exit-device, machine=TYPE, drive=SPEC and device=SPEC (repeatable),
+ * netdev=SPEC and chardev=SPEC (repeatable, added before the devices),
  * log (libvmm's warnings and errors to stderr as "libvmm: DOMAIN: message").
  * Exit status: the test-exit status, 0 on guest power-off, 1 on errors. */
 #include <stdbool.h>
@@ -38,7 +38,8 @@ static int fail(const char *what)
 int main(int argc, char **argv)
 {
     static const char usage[] = "usage: boot-guest KERNEL CPUS MEMORY CMDLINE TIMEOUT_S "
-                                "[no-exit-device] [machine=TYPE] [chardev=SPEC]... [device=SPEC]... [log]\n";
+                                "[no-exit-device] [machine=TYPE] [drive=SPEC]... [netdev=SPEC]... "
+                                "[chardev=SPEC]... [device=SPEC]... [log]\n";
     if (argc < 6) {
         fputs(usage, stderr);
         return 2;
@@ -52,7 +53,8 @@ int main(int argc, char **argv)
             machine = argv[i] + 8;
         else if (!strcmp(argv[i], "log"))
             vmm_set_log_callback(log_to_stderr, NULL, NULL, VMM_LOG_WARNING);
-        else if (strncmp(argv[i], "device=", 7) && strncmp(argv[i], "chardev=", 8)) {
+        else if (strncmp(argv[i], "device=", 7) && strncmp(argv[i], "drive=", 6) &&
+                 strncmp(argv[i], "netdev=", 7) && strncmp(argv[i], "chardev=", 8)) {
             fputs(usage, stderr);
             return 2;
         }
@@ -66,6 +68,12 @@ int main(int argc, char **argv)
         return fail("set");
     if (exit_device && vmm_machine_add_device(m, "isa-debug-exit,iobase=0xf4,iosize=4") < 0)
         return fail("add_device");
+    for (int i = 6; i < argc; i++)
+        if (!strncmp(argv[i], "drive=", 6) && vmm_machine_add_drive(m, argv[i] + 6) < 0)
+            return fail(argv[i]);
+    for (int i = 6; i < argc; i++)
+        if (!strncmp(argv[i], "netdev=", 7) && vmm_machine_add_netdev(m, argv[i] + 7) < 0)
+            return fail(argv[i]);
     for (int i = 6; i < argc; i++)
         if (!strncmp(argv[i], "chardev=", 8) && vmm_machine_add_chardev(m, argv[i] + 8) < 0)
             return fail(argv[i]);

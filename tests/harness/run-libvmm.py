@@ -47,10 +47,14 @@ def run(runner, data, name, test, elf, boot_guest):
         cmd.append("no-exit-device")
     if "machine" in test:
         cmd.append("machine=" + test["machine"])
+    cmd += ["drive=" + d for d in test.get("drives", [])]
     cmd += ["chardev=" + c for c in test.get("chardevs", [])]
     cmd += ["device=" + d for d in test.get("devices", [])]
     if "libvmm_log" in test:
         cmd.append("log")
+    workdir = runner.image_workdir(test)
+    paths = runner.prepare_images(test, workdir.name) if workdir else {}
+    cmd = runner.substitute(cmd, paths)
     print("+ " + " ".join(cmd), flush=True)
     peers = runner.make_peers(test, timeout + 30)
     status, console, stderr = runner.run_guest(cmd, test, timeout + 30, peers)
@@ -61,7 +65,8 @@ def run(runner, data, name, test, elf, boot_guest):
     print(console, end="" if console.endswith("\n") else "\n")
     if stderr:
         print("stderr:\n" + stderr)
-    problems = runner.check(test, status, console) + runner.peer_problems(peers)
+    problems = runner.check(test, status, console) + runner.check_images(test, paths)
+    problems += runner.peer_problems(peers)
     log = stderr
     for pattern in test.get("libvmm_log", []):
         if not re.search(pattern, log, re.MULTILINE):

@@ -255,3 +255,30 @@ def test_block_nodes_query_follows_blockdev_add_and_del(tmp_path):
         assert [n.name for n in m.block_nodes()] == ["disk1"]
     finally:
         m.close()
+
+
+def test_netdevs_errors_and_link():
+    with libvmm.Machine("pc") as m:
+        with pytest.raises(libvmm.Error, match="tap: give ifname=NAME, fd=N or fds=A:B"):
+            m.add_netdev("tap,id=n0")
+        with pytest.raises(libvmm.Error, match="tap: vnet_hdr: 'sometimes' is not on or off"):
+            m.add_netdev("tap", id="n0", ifname="t0", vnet_hdr="sometimes")
+        with pytest.raises(libvmm.NotFoundError, match="no netdev or NIC named 'n0'"):
+            m.set_link("n0", False)
+        if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
+            return
+        # A tap fd the caller opened: TUNGETIFF tells libvmm what it is.
+        import fcntl
+        import struct
+        fd = os.open("/dev/net/tun", os.O_RDWR)
+        try:
+            fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH22x", b"vmmpy%d" % os.getpid(),
+                                                    0x0002 | 0x1000 | 0x4000))
+            m.add_netdev("tap", id="n0", fd=fd)
+        finally:
+            os.close(fd)                 # the machine keeps its own duplicate
+        m.add_device("virtio-net-pci,id=nic0,netdev=n0")
+        m.set_link("nic0", False)
+        m.set_link("n0", True)
+        with pytest.raises(libvmm.Error, match="a netdev with id 'n0' exists already"):
+            m.add_netdev("tap,id=n0,ifname=t1")

@@ -39,6 +39,7 @@ def one_error_line(proc, text):
 def test_help_and_version():
     p = run("--help")
     assert p.returncode == 0 and "--kernel FILE" in p.stdout and "Ctrl-A x" in p.stdout
+    assert "--netdev SPEC" in p.stdout and "virtio-net-pci,netdev=ID" in p.stdout
     p = run("--version")
     assert p.returncode == 0 and p.stdout.startswith("vmm-run (libvmm) 0.")
 
@@ -46,7 +47,7 @@ def test_help_and_version():
 def test_device_help_lists_types_from_the_library():
     p = run("--device", "help")
     assert p.returncode == 0
-    for name in ("isa-serial", "isa-debug-exit"):
+    for name in ("isa-serial", "isa-debug-exit", "virtio-net-pci", "virtio-net-device"):
         assert name in p.stdout
     p = run("--device", "isa-debug-exit,help")
     assert p.returncode == 0
@@ -71,6 +72,23 @@ def test_device_help_lists_types_from_the_library():
     (["--kernel", "K", "--machine", "pdp11"], "unknown machine type 'pdp11'"),
     (["--kernel", "K", "--serial", "telnet"], "--serial 'telnet': expected stdio, file:PATH or none"),
     (["--kernel", "K", "stray"], "unexpected argument 'stray'"),
+    (["--kernel", "K", "--netdev", "tap,id=n0"], "--netdev tap,id=n0: vmm_machine_add_netdev: "
+     "netdev 'n0': tap: give ifname=NAME, fd=N or fds=A:B"),
+    (["--kernel", "K", "--netdev", "tap,id=n0,fd=99"], "fd: 99 is not an open file descriptor"),
+    (["--kernel", "K", "--netdev", "tap,id=n0,ifname=t0,speed=9"], "tap: unknown property 'speed'"),
+    (["--kernel", "K", "--netdev", "vde,id=n0"], "unknown netdev type 'vde' (known: tap)"),
+    (["--kernel", "K", "--netdev"], "option '--netdev' needs a value"),
+    (["--kernel", "K", "--drive", "file=/etc/hostname,if=scsi"], "if=scsi: expected virtio or none"),
+    (["--kernel", "K", "--drive", "file=/etc/hostname,cache=fast"],
+     "cache=fast: expected one of writeback, none, writethrough, directsync, unsafe"),
+    (["--kernel", "K", "--drive", "file=/etc/hostname,aio=io_uring"], "aio=io_uring: expected one of threads, native"),
+    (["--kernel", "K", "--drive", "file=/etc/hostname,colour=red"], "unknown property 'colour'"),
+    (["--kernel", "K", "--drive", "format=raw"], "file= is required"),
+    (["--kernel", "K", "--drive", "file=/nonexistent.img,format=raw"], "/nonexistent.img"),
+    (["--kernel", "K", "--drive", "file=/etc/hostname,format=vmdk"], "format=vmdk: expected one of raw, qcow2"),
+    (["--kernel", "K", "--drive", "file=/etc/hostname,if=none,werror=stop"],
+     "werror=stop: only with if=virtio (else give it to --device)"),
+    (["--kernel", "K", "--drive", "file=/etc/hostname,format=raw,werror=sometimes"], "werror"),
 ])
 def test_bad_input_gets_one_clear_line(args, text):
     one_error_line(run(*args), text)
@@ -148,6 +166,59 @@ def test_ctrl_a_x_quits():
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert b"pio-loop: done" not in out
+
+
+def disk_image(tmp_path, fmt):
+    path = str(tmp_path / ("disk." + fmt))
+    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, path, "4M"], check=True)
+    subprocess.run(["qemu-io", "-f", fmt, "-c", "write -P 0x5a 0 1M", path], check=True,
+                   stdout=subprocess.DEVNULL)
+    return path
+
+
+def image_reads(path, fmt, pattern, offset, length):
+    p = subprocess.run(["qemu-io", "-r", "-f", fmt, "-c", f"read -P {pattern} {offset} {length}",
+                        path], capture_output=True, text=True)
+    return p.returncode == 0 and "verification failed" not in p.stdout
+
+
+@needs_kvm
+@pytest.mark.parametrize("machine, transport, fmt, extra", [
+    ("pc", "pci", "qcow2", ",cache=none,aio=native"),
+    ("microvm", "mmio", "raw", ",cache=writethrough,werror=stop,rerror=report"),
+])
+def test_drive_if_virtio_adds_the_disk(tmp_path, machine, transport, fmt, extra):
+    path = disk_image(tmp_path, fmt)
+    p = run("--kernel", guest("virtio/virtio-blk"), "--machine", machine,
+            "--append", f"transport={transport} getid=1 serial=s{machine}", *EXIT_DEV,
+            "--drive", f"file={path},format={fmt},discard=unmap,serial=s{machine}{extra}")
+    assert p.returncode == 33, p.stdout + p.stderr
+    assert "virtio-blk: ok" in p.stdout
+    assert image_reads(path, fmt, "0xa5", 0, 4096) and image_reads(path, fmt, "0x3c", 4096, 4096)
+    assert image_reads(path, fmt, "0", 65536, 65536) and image_reads(path, fmt, "0x5a", 256 << 10, 4096)
+    assert not image_reads(path, fmt, "0x5a", 0, 4096)   # the check itself can fail
+
+
+@needs_kvm
+def test_drive_if_none_with_a_device_and_readonly(tmp_path):
+    path = disk_image(tmp_path, "qcow2")
+    p = run("--kernel", guest("virtio/virtio-blk"), "--machine", "pc", *EXIT_DEV,
+            "--append", "transport=pci ro=1 getid=1 serial=abc",
+            "--drive", f"file={path},if=none,id=hd0,readonly=on",
+            "--device", "virtio-blk-pci,drive=hd0,serial=abc")
+    assert p.returncode == 33, p.stdout + p.stderr
+    assert "virtio-blk: write to a read-only disk: IOERR" in p.stdout
+    assert "virtio-blk: serial 'abc'" in p.stdout
+    assert image_reads(path, "qcow2", "0x5a", 0, 1 << 20)
+
+
+@needs_kvm
+def test_drive_if_none_without_a_device_is_not_a_disk(tmp_path):
+    path = disk_image(tmp_path, "raw")
+    p = run("--kernel", guest("virtio/virtio-blk"), "--machine", "pc", *EXIT_DEV,
+            "--append", "transport=pci", "--drive", f"file={path},format=raw,if=none,id=hd0")
+    assert p.returncode == 35, p.stdout + p.stderr
+    assert "no virtio device 2 on PCI" in p.stdout
 
 
 # ---- --chardev and the virtio-console ports -------------------------------------------------

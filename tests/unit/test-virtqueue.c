@@ -11,6 +11,7 @@
 #include "devices/virtio/virtio.h"
 #include "devices/virtio/virtqueue.h"
 #include "machine/memory.h"
+#include "vq-fixture.h"
 #include "state-check.h"
 #include "util/util.h"
 
@@ -30,14 +31,7 @@ struct fixture {
 static int setup(void **state)
 {
     struct fixture *f = calloc(1, sizeof(*f));
-    assert_int_equal(guest_memory_init(&f->mem, RAM, 0), 0);
-    virtqueue_init(&f->vq, &f->mem, 256);
-    f->vq.size = QSIZE;
-    f->vq.desc_gpa = DESC;
-    f->vq.avail_gpa = AVAIL;
-    f->vq.used_gpa = USED;
-    f->vq.indirect = true;
-    assert_int_equal(virtqueue_enable(&f->vq), 0);
+    vq_fixture_start(&f->mem, &f->vq, RAM, QSIZE, DESC, AVAIL, USED, true);
     *state = f;
     return 0;
 }
@@ -45,8 +39,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fixture *f = *state;
-    virtqueue_release(&f->vq);
-    guest_memory_destroy(&f->mem);
+    vq_fixture_stop(&f->mem, &f->vq);
     free(f);
     return 0;
 }
@@ -418,6 +411,13 @@ static void sample_state(struct virtio_state *s)
     }
     s->pci_config[0] = 0xf4;
     s->pci_config[1] = 0x1a;
+    for (unsigned v = 0; v < 3; v++) {
+        s->msix_table[v * 16 + 0] = 0xee;         /* address 0xfee00000 + ... */
+        s->msix_table[v * 16 + 8] = (uint8_t)(0x30 + v);
+        s->msix_table[v * 16 + 12] = v == 2;      /* vector 2 masked */
+    }
+    s->msix_pba = 1u << 2;
+    s->has_msix = 1;                              /* what post_load derives at version 2 */
 }
 
 static void test_state_roundtrip(void **state)
@@ -426,6 +426,21 @@ static void test_state_roundtrip(void **state)
     struct virtio_state s;
     sample_state(&s);
     state_check_roundtrip(&virtio_state_desc, &s);
+}
+
+/* A version 1 stream (no MSI-X table) loads and says so. */
+static void test_state_version1_has_no_msix(void **state)
+{
+    (void)state;
+    struct virtio_state s, loaded;
+    sample_state(&s);
+    struct state_buf buf = { 0 };
+    assert_int_equal(state_save_version(&virtio_state_desc, &s, 1, &buf), 0);
+    size_t used = 0;
+    assert_int_equal(state_load(&virtio_state_desc, &loaded, buf.data, buf.len, &used), 0);
+    assert_int_equal(loaded.has_msix, 0);
+    assert_int_equal(loaded.q_size[1], 128);
+    state_buf_free(&buf);
 }
 
 static void expect_rejected(struct virtio_state *s, const char *needle)
@@ -461,6 +476,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_empty, setup, teardown),
+        cmocka_unit_test(test_state_version1_has_no_msix),
         cmocka_unit_test_setup_teardown(test_single_writable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readable_then_writable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_indirect, setup, teardown),

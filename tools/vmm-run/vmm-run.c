@@ -30,6 +30,16 @@ static const char usage_text[] =
     "  --serial MODE        stdio (default), file:PATH or none\n"
     "  --device SPEC        add a device: TYPE,key=value,... ('help' lists types,\n"
     "                       'TYPE,help' lists a type's properties)\n"
+    "  --drive SPEC         a disk: file=F[,format=raw|qcow2][,if=virtio|none][,id=ID]\n"
+    "                       [,cache=writeback|none|writethrough|directsync|unsafe]\n"
+    "                       [,aio=threads|native][,readonly=on|off][,discard=ignore|unmap]\n"
+    "                       [,serial=S][,werror=|rerror=report|ignore|stop];\n"
+    "                       if=virtio (default) also adds a virtio-blk device, if=none\n"
+    "                       only defines drive ID for --device virtio-blk-pci,drive=ID\n"
+    "  --netdev SPEC        add a network backend: tap,id=ID,ifname=NAME|fd=N|fds=A:B\n"
+    "                       [,queues=N][,vnet_hdr=on|off]; NICs use it with\n"
+    "                       --device virtio-net-pci,netdev=ID[,mac=52:54:00:12:34:56]\n"
+    "                       (virtio-net-device on microvm)\n"
     "  --chardev SPEC       add a host end for a device: BACKEND,id=ID,... with\n"
     "                       BACKEND null, stdio, fd (in=FD,out=FD), file (path=P)\n"
     "                       or socket (path=P,server=on,wait=off | path=P[,reconnect=S]);\n"
@@ -52,6 +62,10 @@ struct options {
     const char *qmp, *log;
     const char **devices;
     int nr_devices;
+    const char **drives;
+    int nr_drives;
+    const char **netdevs;
+    int nr_netdevs;
     const char **chardevs;
     int nr_chardevs;
     bool no_reboot, verbose;
@@ -135,7 +149,7 @@ static bool asks_for_help(const char *spec)
 
 enum { OPT_KERNEL = 256, OPT_INITRD, OPT_APPEND, OPT_CPUS, OPT_MEMORY, OPT_CPU_MODEL,
        OPT_MACHINE, OPT_SERIAL, OPT_DEVICE, OPT_NO_REBOOT, OPT_VERBOSE, OPT_VERSION,
-       OPT_QMP, OPT_LOG, OPT_CHARDEV };
+       OPT_QMP, OPT_LOG, OPT_DRIVE, OPT_NETDEV, OPT_CHARDEV };
 
 static const struct option long_options[] = {
     { "kernel", required_argument, NULL, OPT_KERNEL },
@@ -147,6 +161,8 @@ static const struct option long_options[] = {
     { "machine", required_argument, NULL, OPT_MACHINE },
     { "serial", required_argument, NULL, OPT_SERIAL },
     { "device", required_argument, NULL, OPT_DEVICE },
+    { "drive", required_argument, NULL, OPT_DRIVE },
+    { "netdev", required_argument, NULL, OPT_NETDEV },
     { "chardev", required_argument, NULL, OPT_CHARDEV },
     { "no-reboot", no_argument, NULL, OPT_NO_REBOOT },
     { "verbose", no_argument, NULL, OPT_VERBOSE },
@@ -161,6 +177,8 @@ static void parse_options(int argc, char **argv, struct options *o)
 {
     opterr = 0;
     o->devices = calloc((size_t)argc, sizeof(*o->devices));
+    o->drives = calloc((size_t)argc, sizeof(*o->drives));
+    o->netdevs = calloc((size_t)argc, sizeof(*o->netdevs));
     o->chardevs = calloc((size_t)argc, sizeof(*o->chardevs));
     int c;
     while ((c = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
@@ -174,6 +192,8 @@ static void parse_options(int argc, char **argv, struct options *o)
         case OPT_MACHINE: o->machine = optarg; break;
         case OPT_SERIAL: o->serial = optarg; break;
         case OPT_DEVICE: o->devices[o->nr_devices++] = optarg; break;
+        case OPT_DRIVE: o->drives[o->nr_drives++] = optarg; break;
+        case OPT_NETDEV: o->netdevs[o->nr_netdevs++] = optarg; break;
         case OPT_CHARDEV: o->chardevs[o->nr_chardevs++] = optarg; break;
         case OPT_NO_REBOOT: o->no_reboot = true; break;
         case OPT_VERBOSE: o->verbose = true; break;
@@ -263,6 +283,95 @@ static void setup_serial(vmm_machine *m, const char *mode, bool *use_stdin)
     }
 }
 
+/* ---- --drive ------------------------------------------------------------ */
+
+/* --drive's keys sorted out: if= and id= for vmm-run, the device's own
+ * (serial, werror, rerror) for its virtio-blk device, the rest for
+ * vmm_machine_add_drive. */
+struct drive_parts {
+    char *iface, *id;
+    char *drive, *device;          /* "k=v,..." */
+};
+
+static const char *const device_keys[] = { "serial", "werror", "rerror", NULL };
+
+static void append_token(char *list, const char *token, size_t len)
+{
+    strncat(strcat(list, *list ? "," : ""), token, len);
+}
+
+static bool is_key(const char *token, size_t len, const char *key)
+{
+    size_t klen = strlen(key);
+    return len > klen && !strncmp(token, key, klen) && token[klen] == '=';
+}
+
+static void split_drive_spec(const char *spec, struct drive_parts *parts)
+{
+    size_t room = strlen(spec) + 1;
+    parts->drive = calloc(1, room);
+    parts->device = calloc(1, room);
+    for (const char *p = spec; *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        bool for_device = false;
+        for (int i = 0; device_keys[i]; i++)
+            for_device |= is_key(p, len, device_keys[i]);
+        char **own = is_key(p, len, "if") ? &parts->iface : is_key(p, len, "id") ? &parts->id : NULL;
+        if (own) {
+            free(*own);                 /* the last one counts */
+            *own = strndup(p + 3, len - 3);
+        } else if (len) {
+            append_token(for_device ? parts->device : parts->drive, p, len);
+        }
+        p += len + (end ? 1 : 0);
+    }
+}
+
+static int drive_error(char **why, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int drive_error(char **why, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    if (vasprintf(why, fmt, ap) < 0)
+        *why = NULL;
+    va_end(ap);
+    return -1;
+}
+
+/* --drive SPEC: the drive, then (if=virtio) its virtio-blk device.  Fails
+ * with the reason in *why (malloc'd). */
+static int add_drive(vmm_machine *m, const char *spec, int index, const char *machine, char **why)
+{
+    struct drive_parts parts = { 0 };
+    split_drive_spec(spec, &parts);
+    char name[32], *full = NULL, *device = NULL;
+    snprintf(name, sizeof(name), "drive%d", index);
+    const char *id = parts.id ? parts.id : name;
+    bool mmio = !machine || !strcmp(machine, "microvm");
+    bool virtio = !parts.iface || !strcmp(parts.iface, "virtio");
+    int ret = 0;
+    *why = NULL;
+    if (!virtio && strcmp(parts.iface, "none"))
+        ret = drive_error(why, "--drive %s: if=%s: expected virtio or none", spec, parts.iface);
+    else if (!virtio && *parts.device)
+        ret = drive_error(why, "--drive %s: %s: only with if=virtio (else give it to --device)",
+                          spec, parts.device);
+    else if (asprintf(&full, "%s%sid=%s", parts.drive, *parts.drive ? "," : "", id) < 0 ||
+             (virtio && asprintf(&device, "virtio-blk-%s,drive=%s%s%s", mmio ? "device" : "pci",
+                                 id, *parts.device ? "," : "", parts.device) < 0))
+        ret = drive_error(why, "out of memory");
+    else if (vmm_machine_add_drive(m, full) < 0 || (device && vmm_machine_add_device(m, device) < 0))
+        ret = drive_error(why, "--drive %s: %s", spec, vmm_get_error());
+    free(device);
+    free(full);
+    free(parts.drive);
+    free(parts.device);
+    free(parts.iface);
+    free(parts.id);
+    return ret;
+}
+
 static void set_property(vmm_machine *m, const char *key, const char *value)
 {
     if (value && vmm_machine_set(m, key, value) < 0)
@@ -282,17 +391,23 @@ static int exit_status(vmm_machine *m)
     }
 }
 
-/* Chardevs before devices (devices name them); stdin has one reader. */
+/* Chardevs before devices (devices name them); stdin has one reader.  On
+ * an error the machine goes first, taking the sockets it listens on. */
 static void add_chardevs(vmm_machine *m, const struct options *o)
 {
     bool serial_stdio = !o->serial || !strcmp(o->serial, "stdio");
     for (int i = 0; i < o->nr_chardevs; i++) {
         const char *spec = o->chardevs[i];
+        char *why = NULL;
         if (serial_stdio && (!strcmp(spec, "stdio") || !strncmp(spec, "stdio,", 6)))
-            die("--chardev %s: the serial console uses stdio already (add --serial none or "
-                "--serial file:PATH)", spec);
-        if (vmm_machine_add_chardev(m, spec) < 0)
-            die("--chardev %s: %s", spec, vmm_get_error());
+            why = strdup("the serial console uses stdio already (add --serial none or "
+                         "--serial file:PATH)");
+        else if (vmm_machine_add_chardev(m, spec) == 0)
+            continue;
+        else
+            why = strdup(vmm_get_error());
+        vmm_machine_free(m);
+        die("--chardev %s: %s", spec, why ? why : "out of memory");
     }
 }
 
@@ -324,6 +439,27 @@ int main(int argc, char **argv)
     set_property(m, "memory", o.memory);
     set_property(m, "cpu-model", o.cpu_model);
     set_property(m, "reboot", o.no_reboot ? "off" : NULL);
+    for (int i = 0; i < o.nr_drives; i++) {
+        char *why;
+        if (add_drive(m, o.drives[i], i, o.machine, &why) < 0) {
+            vmm_machine_free(m);
+            free(o.devices);
+            free(o.drives);
+            free(o.netdevs);
+            die("%s", why ? why : "out of memory");
+        }
+    }
+    for (int i = 0; i < o.nr_netdevs; i++) {   /* before the NICs that name them */
+        if (vmm_machine_add_netdev(m, o.netdevs[i]) < 0) {
+            const char *spec = o.netdevs[i];
+            char *why = strdup(vmm_get_error());
+            vmm_machine_free(m);
+            free(o.devices);
+            free(o.drives);
+            free(o.netdevs);
+            die("--netdev %s: %s", spec, why ? why : "out of memory");
+        }
+    }
     add_chardevs(m, &o);
     for (int i = 0; i < o.nr_devices; i++)
         if (vmm_machine_add_device(m, o.devices[i]) < 0)
@@ -348,6 +484,8 @@ int main(int argc, char **argv)
     if (!use_stdin)
         vmm_machine_free(m);
     free(o.devices);
+    free(o.drives);
+    free(o.netdevs);
     free(o.chardevs);
     return status;
 }

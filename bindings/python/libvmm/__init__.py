@@ -158,12 +158,13 @@ def set_log_callback(fn, max_level=LOG_INFO):
 
 # ---- machines ----------------------------------------------------------------------
 
-Event = collections.namedtuple("Event", "type name seconds microseconds guest reason device message")
+Event = collections.namedtuple("Event", "type name seconds microseconds guest reason device message "
+                               "node_name operation action nospace")
 Event.__doc__ = "One machine event; name is QMP's (STOP, RESUME, SHUTDOWN, RESET, ...)."
 
 VcpuInfo = collections.namedtuple("VcpuInfo", "index thread_id")
 DeviceInfo = collections.namedtuple("DeviceInfo", "id type properties platform realized")
-BlockNodeInfo = collections.namedtuple("BlockNodeInfo", "name driver filename read_only")
+BlockNodeInfo = collections.namedtuple("BlockNodeInfo", "name driver filename read_only device")
 
 _STATES = {0: "created", 1: "running", 2: "paused", 3: "ended"}
 _EXIT_REASONS = {0: None, 1: "poweroff", 2: "reset", 3: "test", 4: "error", 5: "stopped"}
@@ -213,8 +214,8 @@ class Machine(_Resource):
     gets each chunk of console output (bytes); `on_event` each Event.  Use it
     as a context manager, or call close(): the machine is always freed."""
 
-    def __init__(self, type="microvm", *, devices=(), chardevs=(), on_serial=None, on_event=None,
-                 **props):
+    def __init__(self, type="microvm", *, devices=(), netdevs=(), chardevs=(), on_serial=None,
+                 on_event=None, **props):
         self._m = ffi.NULL
         self._console = bytearray()
         self._console_lock = threading.Lock()
@@ -232,6 +233,8 @@ class Machine(_Resource):
             _check(lib.vmm_machine_set_event_callback(m, self._event_cb, ffi.NULL, ffi.NULL))
             for key, value in props.items():
                 self.set(key, value)
+            for spec in netdevs:
+                self.add_netdev(spec)
             for spec in chardevs:
                 self.add_chardev(spec)
             for spec in devices:
@@ -264,7 +267,8 @@ class Machine(_Resource):
 
     def _on_event(self, _data, ev):
         event = Event(int(ev.type), _text(ev.name), int(ev.seconds), int(ev.microseconds),
-                      bool(ev.guest), _text(ev.reason), _text(ev.device), _text(ev.message))
+                      bool(ev.guest), _text(ev.reason), _text(ev.device), _text(ev.message),
+                      _text(ev.node_name), _text(ev.operation), _text(ev.action), bool(ev.nospace))
         self._events.put(event)
         for fn in list(self._event_callbacks):
             fn(event)
@@ -318,6 +322,19 @@ class Machine(_Resource):
         fields = dict(p.split("=", 1) for p in full.split(",")[1:] if "=" in p)
         return Device(self, full.split(",")[0], fields.get("id"))
 
+    def add_netdev(self, spec, **props):
+        """Add a network backend before the NICs that use it:
+        add_netdev("tap,id=n0,ifname=tap0") or add_netdev("tap", id="n0", fd=5).
+        Keys keep their underscores (vnet_hdr)."""
+        if props:
+            spec = ",".join([spec] + ["%s=%s" % (k, _value_text(v).replace(",", ",,"))
+                                      for k, v in props.items()])
+        _check(lib.vmm_machine_add_netdev(self.handle, spec.encode()))
+
+    def set_link(self, name, up):
+        """Link of a netdev or NIC (netdev id or device id) up or down, as QMP set_link."""
+        _check(lib.vmm_machine_set_link(self.handle, name.encode(), 1 if up else 0))
+
     def add_chardev(self, spec, **props):
         """Add a host end for devices: add_chardev("socket", id="c0", path=P, server=True,
         wait=False) or a full spec string ("socket,id=c0,path=P,server=on,wait=off")."""
@@ -338,14 +355,30 @@ class Machine(_Resource):
         _check(lib.vmm_machine_list_devices(self.handle, collect, ffi.NULL))
         return out
 
+    def add_drive(self, spec, **props):
+        """Open an image as a drive for devices' drive=ID:
+        add_drive("file=disk.qcow2,format=qcow2,id=hd0,cache=none")."""
+        full = _spec(spec, props) if props else spec
+        _check(lib.vmm_machine_add_drive(self.handle, full.encode()))
+
+    def add_block(self, id, image, read_only=False):
+        """Make an open libvmm.Block a drive named `id`; the machine takes it
+        over (the Block object is emptied: closing it does nothing)."""
+        _check(lib.vmm_machine_add_block(self.handle, id.encode(), image.handle, int(read_only)))
+        image._blk = ffi.NULL
+
+    def remove_drive(self, id):
+        """Remove and close a drive or block node (EBUSY while a device uses it)."""
+        _check(lib.vmm_machine_remove_drive(self.handle, id.encode()))
+
     def block_nodes(self):
-        """The machine's block nodes (QMP blockdev-add), as BlockNodeInfo."""
+        """The machine's block nodes (drives and QMP blockdev-add nodes), as BlockNodeInfo."""
         out = []
 
         @ffi.callback("int(void *, const struct vmm_block_node_info *)")
         def collect(_data, info):
             out.append(BlockNodeInfo(_text(info.name), _text(info.driver), _text(info.filename),
-                                     bool(info.read_only)))
+                                     bool(info.read_only), _text(info.device)))
             return 0
         _check(lib.vmm_machine_list_block_nodes(self.handle, collect, ffi.NULL))
         return out

@@ -72,6 +72,10 @@ struct vmm_event {
     const char *reason;
     const char *device;
     const char *message;
+    const char *node_name;
+    const char *operation;
+    const char *action;
+    int nospace;
 };
 typedef void (*vmm_event_fn)(void *user_data, const struct vmm_event *event);
 int vmm_machine_set_event_callback(vmm_machine *m, vmm_event_fn fn, void *user_data,
@@ -203,10 +207,16 @@ struct vmm_block_node_info {
     const char *filename;
     int read_only;
     vmm_block *block;
+    const char *device;
 };
 typedef int (*vmm_block_node_fn)(void *user_data, const struct vmm_block_node_info *info);
 int vmm_machine_list_block_nodes(vmm_machine *m, vmm_block_node_fn fn, void *user_data);
+int vmm_machine_add_drive(vmm_machine *m, const char *spec);
+int vmm_machine_add_block(vmm_machine *m, const char *id, vmm_block *blk, int read_only);
+int vmm_machine_remove_drive(vmm_machine *m, const char *id);
 int vmm_machine_remove_device(vmm_machine *m, const char *id);
+int vmm_machine_add_netdev(vmm_machine *m, const char *spec);
+int vmm_machine_set_link(vmm_machine *m, const char *name, int up);
 int vmm_machine_set_log_callback(vmm_machine *m, vmm_log_fn fn, void *user_data,
                                  vmm_free_fn free_fn, int max_level);
 int vmm_machine_set_log_file(vmm_machine *m, const char *path, int max_level);

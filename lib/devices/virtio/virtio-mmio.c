@@ -215,6 +215,21 @@ void virtio_mmio_reset(struct device *dev)
     update_irq(p);
 }
 
+/* Linux's virtio_mmio.device=SIZE@BASE:IRQ syntax (kernel-parameters.txt),
+ * one per device, for kernels that boot without ACPI. */
+char *virtio_mmio_cmdline(vmm_machine *m)
+{
+    GString *s = g_string_new(NULL);
+    for (struct device *d = m->devices; d; d = d->next) {
+        if (!d->realized || !is_mmio_proxy(d))
+            continue;
+        const struct virtio_proxy *p = (const struct virtio_proxy *)d;
+        g_string_append_printf(s, "%svirtio_mmio.device=%u@0x%" PRIx64 ":%u", s->len ? " " : "",
+                               VIRTIO_MMIO_STRIDE, p->t.mmio.base, p->t.mmio.gsi);
+    }
+    return g_string_free(s, FALSE);
+}
+
 void virtio_mmio_build_aml(vmm_machine *m, struct aml *a)
 {
     for (struct device *d = m->devices; d; d = d->next) {

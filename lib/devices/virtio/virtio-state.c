@@ -10,8 +10,8 @@
 
 static int virtio_post_load(void *opaque, uint32_t version)
 {
-    (void)version;
     struct virtio_state *s = opaque;
+    s->has_msix = version >= 2;
     if (s->num_queues > VIRTIO_MAX_QUEUES)
         return vmm_set_error(EINVAL, "virtio: %u queues (at most %u)", s->num_queues,
                              VIRTIO_MAX_QUEUES);
@@ -58,11 +58,14 @@ static const struct state_field virtio_fields[] = {
     STATE_ARRAY(struct virtio_state, q_avail, STATE_U64_ARRAY),
     STATE_ARRAY(struct virtio_state, q_used, STATE_U64_ARRAY),
     STATE_BYTES_FIELD(struct virtio_state, pci_config),
+    { "msix_table", STATE_BYTES, offsetof(struct virtio_state, msix_table),
+      sizeof(((struct virtio_state *)0)->msix_table), 2 },
+    STATE_FIELD_V(struct virtio_state, msix_pba, STATE_U64, 2),
     STATE_END,
 };
 
 const struct state_desc virtio_state_desc = {
-    .name = "virtio", .version = 1, .min_version = 1,
+    .name = "virtio", .version = 2, .min_version = 1,
     .size = sizeof(struct virtio_state), .fields = virtio_fields,
     .post_load = virtio_post_load,
 };
@@ -94,8 +97,10 @@ void virtio_proxy_save(struct device *dev, void *state)
         s->q_avail[i] = vq->avail_gpa;
         s->q_used[i] = vq->used_gpa;
     }
-    if (p->pci.bus)
+    if (p->pci.bus) {
         memcpy(s->pci_config, p->pci.config, sizeof(s->pci_config));
+        pci_msix_save(&p->pci, s->msix_table, sizeof(s->msix_table), &s->msix_pba);
+    }
 }
 
 int virtio_proxy_load(struct device *dev, const void *state)
@@ -107,6 +112,10 @@ int virtio_proxy_load(struct device *dev, const void *state)
         return vmm_set_error(EINVAL, "%s: state has %u queues, the device %u", dev->cls->name,
                              s->num_queues, vdev->num_queues);
     virtio_reset(vdev);
+    /* A version 1 stream has no table: the vectors stay masked from reset. */
+    if (p->pci.bus && s->has_msix &&
+        pci_msix_restore(&p->pci, s->msix_table, sizeof(s->msix_table), s->msix_pba) < 0)
+        return -1;
     if (p->pci.bus && pci_device_restore_config(&p->pci, s->pci_config) < 0)
         return -1;
     vdev->status = s->status;

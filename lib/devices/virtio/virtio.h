@@ -200,6 +200,10 @@ struct virtio_state {
     uint64_t q_avail[VIRTIO_MAX_QUEUES];
     uint64_t q_used[VIRTIO_MAX_QUEUES];
     uint8_t pci_config[PCI_CONFIG_SIZE];
+    /* Version 2: virtio-pci's MSI-X vector table and pending bits. */
+    uint8_t msix_table[(VIRTIO_MAX_QUEUES + 1) * PCI_MSIX_ENTRY_SIZE];
+    uint64_t msix_pba;
+    uint8_t has_msix;              /* not in the stream: the loaded version had it */
 };
 extern const struct state_desc virtio_state_desc;
 /* Max queue size and queue count post_load checks against. */
@@ -223,11 +227,16 @@ extern const struct state_desc virtio_state_desc;
         .ops = ops_ }
 
 extern const struct virtio_device_class device_virtio_rng_pci, device_virtio_rng_mmio;
+extern const struct virtio_device_class device_virtio_net_pci, device_virtio_net_mmio;
+extern const struct virtio_device_class device_virtio_blk_pci, device_virtio_blk_mmio;
 extern const struct virtio_device_class device_virtio_console_pci, device_virtio_console_mmio,
     device_virtio_serial_pci, device_virtio_serial_mmio;
 
 /* microvm: describe the virtio-mmio devices in the DSDT (acpi-aml.h). */
 struct aml;
 void virtio_mmio_build_aml(vmm_machine *m, struct aml *a);
+/* "virtio_mmio.device=512@0xBASE:GSI ..." for every virtio-mmio device
+ * ("" when none); g_free the result. */
+char *virtio_mmio_cmdline(vmm_machine *m);
 
 #endif

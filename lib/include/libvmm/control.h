@@ -79,7 +79,7 @@ typedef int (*vmm_device_fn)(void *user_data, const struct vmm_device_info *info
  * embedder's. */
 LIBVMM_EXPORT int vmm_machine_list_devices(vmm_machine *m, vmm_device_fn fn, void *user_data);
 
-/* One block node of the machine (added with QMP blockdev-add). */
+/* One block node of the machine (a drive, or a QMP blockdev-add node). */
 struct vmm_block_node_info {
     size_t size;                   /* sizeof(struct vmm_block_node_info) */
     const char *name;              /* node-name */
@@ -87,15 +87,40 @@ struct vmm_block_node_info {
     const char *filename;
     int read_only;
     vmm_block *block;              /* the open image; owned by the machine */
+    const char *device;            /* the device using it (drive=): its id, or its type
+                                      when it has none; NULL when no device does */
 };
 
 /* Called once per node; return non-zero to stop the walk.  It runs with the
  * node list locked: it must not add or remove nodes. */
 typedef int (*vmm_block_node_fn)(void *user_data, const struct vmm_block_node_info *info);
 
-/* Walk the machine's block nodes in the order they were added. */
+/* Walk the machine's block nodes (drives and blockdev-add nodes) in the
+ * order they were added. */
 LIBVMM_EXPORT int vmm_machine_list_block_nodes(vmm_machine *m, vmm_block_node_fn fn,
                                                void *user_data);
+
+/* Open an image as a drive of the machine, for devices' drive=ID (e.g.
+ * virtio-blk-pci,drive=hd0).  `spec`: "file=F,id=ID[,format=raw|qcow2]
+ * [,cache=writeback|none|writethrough|directsync|unsafe][,aio=threads|native]
+ * [,readonly=on|off][,discard=ignore|unmap]".  cache=none/directsync open
+ * with O_DIRECT, writethrough/directsync make every guest write stable
+ * before it completes, unsafe ignores flushes; discard=unmap passes guests'
+ * discards to the image (ignore, the default, drops them as QEMU does).
+ * The drive shows up in vmm_machine_list_block_nodes and QMP as a node
+ * named ID.  Unknown keys fail naming the key; EEXIST when the id is taken.
+ * Allowed in any state (devices pick drives when the machine starts). */
+LIBVMM_EXPORT int vmm_machine_add_drive(vmm_machine *m, const char *spec);
+
+/* Make an image the embedder opened a drive named `id` (read_only: refuse
+ * guests' writes).  On success the machine owns blk: it closes it when the
+ * drive is removed or the machine is freed; on failure the caller keeps it. */
+LIBVMM_EXPORT int vmm_machine_add_block(vmm_machine *m, const char *id, vmm_block *blk,
+                                        int read_only);
+
+/* Remove and close a drive or block node; EBUSY while a device names it
+ * (drive=ID), ENOENT for an unknown id. */
+LIBVMM_EXPORT int vmm_machine_remove_drive(vmm_machine *m, const char *id);
 
 /* Remove the device with `id` (added with vmm_machine_add_device) and emit
  * DEVICE_DELETED.  Only before start: on a started machine it fails with

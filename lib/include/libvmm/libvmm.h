@@ -6,4 +6,5 @@
 #include "block.h"
 #include "nbd.h"
 #include "control.h"
+#include "net.h"
 #endif

@@ -147,6 +147,13 @@ struct vmm_event {
     const char *reason;
     const char *device;        /* DEVICE_DELETED, BLOCK_IO_ERROR, VSERPORT_CHANGE: device id */
     const char *message;       /* human-readable detail, or NULL */
+    /* BLOCK_IO_ERROR (QMP's fields): the drive's node-name, "read" or
+     * "write", what the device did ("report", "ignore", "stop") and whether
+     * the backend ran out of space; `message` is the reason. */
+    const char *node_name;
+    const char *operation;
+    const char *action;
+    int nospace;
 };
 
 /* Called for each event, from whichever libvmm thread caused it (a vCPU,

@@ -105,6 +105,16 @@ void vdev_msix_enable(struct vdev *d, bool on)
     pci_write32(d->slot, cap, (dword & 0xffff) | (uint32_t)ctrl << 16);
 }
 
+void vdev_msix_simple(struct vdev *d, uint8_t config_vec, uint8_t queue_vec)
+{
+    if (d->transport != VT_PCI)
+        return;
+    vdev_msix_vector(d, 0, config_vec, x2apic_id());
+    vdev_msix_vector(d, 1, queue_vec, x2apic_id());
+    vdev_msix_enable(d, true);
+    vdev_config_vector(d, 0);
+}
+
 void vdev_config_vector(struct vdev *d, uint16_t vector)
 {
     if (d->transport == VT_PCI)
@@ -185,6 +195,18 @@ bool vdev_find_mmio(struct vdev *d, uint32_t id)
 }
 
 /* ---- both --------------------------------------------------------------- */
+
+bool vdev_start_guest(struct vdev *d, uint16_t id)
+{
+    x2apic_enable();
+    pic_mask_all();
+    bool mmio = cmdline_is("transport", "mmio");
+    if (!mmio)
+        pci_find_ecam();
+    if (mmio ? !vdev_find_mmio(d, id) : !vdev_find_pci(d, id))
+        guest_fail("no virtio device %u on %s", id, mmio ? "virtio-mmio" : "PCI");
+    return mmio;
+}
 
 uint8_t vdev_status(struct vdev *d)
 {
@@ -271,16 +293,19 @@ void vdev_raw_queue(struct vdev *d, unsigned q, uint16_t n, uint64_t desc, uint6
     }
 }
 
-bool vdev_setup_queue(struct vdev *d, unsigned q, struct vq *vq, uint16_t n, uint16_t vector)
+uint16_t vdev_queue_max(struct vdev *d, unsigned q)
 {
-    uint16_t max;
     if (d->transport == VT_PCI) {
         w16(d->common + C_QSELECT, (uint16_t)q);
-        max = r16(d->common + C_QSIZE);
-    } else {
-        mmio_write32(d->base + M_QSEL, q);
-        max = (uint16_t)mmio_read32(d->base + M_QMAX);
+        return r16(d->common + C_QSIZE);
     }
+    mmio_write32(d->base + M_QSEL, q);
+    return (uint16_t)mmio_read32(d->base + M_QMAX);
+}
+
+bool vdev_setup_queue(struct vdev *d, unsigned q, struct vq *vq, uint16_t n, uint16_t vector)
+{
+    uint16_t max = vdev_queue_max(d, q);
     if (!max) {
         printf("virtio: queue %u does not exist\n", q);
         return false;
@@ -377,4 +402,32 @@ bool ioapic_route_level(unsigned gsi, uint8_t vector)
     ioapic_write((uint8_t)(reg + 1), x2apic_id() << 24);
     ioapic_write(reg, vector | (1u << 15));   /* fixed, physical, active high, level */
     return true;
+}
+
+/* ---- interrupt counting ------------------------------------------------------ */
+
+volatile unsigned vdev_queue_irqs, vdev_config_irqs;
+static struct vdev *counted_dev;
+
+static void count_queue(struct interrupt_frame *f) { (void)f; vdev_queue_irqs++; x2apic_eoi(); }
+static void count_config(struct interrupt_frame *f) { (void)f; vdev_config_irqs++; x2apic_eoi(); }
+
+/* A level line: the ISR read (PCI) or status + ack (MMIO) lowers it. */
+static void count_line(struct interrupt_frame *f)
+{
+    (void)f;
+    uint8_t isr = vdev_isr(counted_dev);
+    if (isr & 1)
+        vdev_queue_irqs++;
+    if (isr & 2)
+        vdev_config_irqs++;
+    x2apic_eoi();
+}
+
+void vdev_count_irqs(struct vdev *d, uint8_t queue_vec, uint8_t config_vec, uint8_t line_vec)
+{
+    counted_dev = d;
+    idt_set_handler(queue_vec, count_queue);
+    idt_set_handler(config_vec, count_config);
+    idt_set_handler(line_vec, count_line);
 }

@@ -74,6 +74,10 @@ struct vdev {
  * below 4 GiB if needed) or on virtio-mmio (slots from the DSDT). */
 bool vdev_find_pci(struct vdev *d, uint16_t id);
 bool vdev_find_mmio(struct vdev *d, uint32_t id);
+/* A test guest's start: x2APIC on, PIC masked, then the device with virtio
+ * id `id` on the transport the cmdline names (transport=mmio, else PCI);
+ * fails the test when there is none.  Returns true for MMIO. */
+bool vdev_start_guest(struct vdev *d, uint16_t id);
 void vdev_reset(struct vdev *d);
 uint8_t vdev_status(struct vdev *d);
 void vdev_set_status(struct vdev *d, uint8_t s);
@@ -81,6 +85,8 @@ void vdev_set_status(struct vdev *d, uint8_t s);
  * returns false (with a line) when the device refuses. */
 bool vdev_negotiate(struct vdev *d, uint64_t want);
 uint64_t vdev_offered(struct vdev *d);
+/* The largest size queue q takes (0: no such queue). */
+uint16_t vdev_queue_max(struct vdev *d, unsigned q);
 /* Give queue q the rings (size n); vector: MSI-X vector or 0xffff. */
 bool vdev_setup_queue(struct vdev *d, unsigned q, struct vq *vq, uint16_t n, uint16_t vector);
 /* Set size/addresses without checks and enable (for malicious guests). */
@@ -91,6 +97,9 @@ uint8_t vdev_isr(struct vdev *d);         /* PCI ISR read / MMIO status + ack */
 void vdev_msix_vector(struct vdev *d, unsigned entry, uint8_t vector, uint32_t apic_id);
 void vdev_msix_enable(struct vdev *d, bool on);
 void vdev_config_vector(struct vdev *d, uint16_t vector);
+/* PCI: MSI-X entry 0 -> config_vec, entry 1 -> queue_vec (this CPU), on,
+ * config interrupts on entry 0.  Nothing on MMIO. */
+void vdev_msix_simple(struct vdev *d, uint8_t config_vec, uint8_t queue_vec);
 
 /* Rings in static memory for queue slot `i` (0..3). */
 void vq_static(struct vq *vq, unsigned i);
@@ -98,6 +107,12 @@ void vq_static(struct vq *vq, unsigned i);
 void vq_post(struct vq *vq, uint16_t head);
 /* Wait up to ~`ms` for a used entry; true with *id, *len. */
 bool vq_wait_used(struct vq *vq, uint32_t *id, uint32_t *len, unsigned ms);
+
+/* Count interrupts in vdev_queue_irqs / vdev_config_irqs: handlers for
+ * the MSI-X queue and config vectors and for a level line (INTx, MMIO)
+ * whose handler reads the ISR of `d`. */
+extern volatile unsigned vdev_queue_irqs, vdev_config_irqs;
+void vdev_count_irqs(struct vdev *d, uint8_t queue_vec, uint8_t config_vec, uint8_t line_vec);
 
 /* Level-triggered IOAPIC route for an MMIO device's GSI (false: not on
  * the first IOAPIC). */
