@@ -13,7 +13,7 @@ LIBVMM_EXPORT const char *vmm_version(void)
     return LIBVMM_VERSION;
 }
 
-static const char *const kinds = "machine, device, cpu-model, block-driver";
+static const char *const kinds = "machine, device, cpu-model, block-driver, chardev";
 
 LIBVMM_EXPORT int vmm_list_types(const char *kind, vmm_type_fn fn, void *user_data)
 {
@@ -28,6 +28,8 @@ LIBVMM_EXPORT int vmm_list_types(const char *kind, vmm_type_fn fn, void *user_da
         return cpu_model_list_types(fn, user_data);
     if (!strcmp(kind, "block-driver"))
         return block_list_drivers(fn, user_data);
+    if (!strcmp(kind, "chardev"))
+        return chardev_list_types(fn, user_data);
     return vmm_set_error(ENOENT, "vmm_list_types: unknown kind '%s' (known: %s)", kind, kinds);
 }
 
@@ -43,6 +45,8 @@ LIBVMM_EXPORT int vmm_list_properties(const char *kind, const char *name,
         return device_list_properties(name, fn, user_data);
     if (!strcmp(kind, "block-driver"))
         return block_list_driver_properties(name, fn, user_data);
+    if (!strcmp(kind, "chardev"))
+        return chardev_list_properties(name, fn, user_data);
     if (!strcmp(kind, "cpu-model"))
         return 0; /* CPU models have no properties of their own */
     return vmm_set_error(ENOENT, "vmm_list_properties: unknown kind '%s' (known: %s)", kind, kinds);

@@ -11,4 +11,6 @@ int device_list_properties(const char *name, vmm_property_fn fn, void *user_data
 int cpu_model_list_types(vmm_type_fn fn, void *user_data);
 int block_list_drivers(vmm_type_fn fn, void *user_data);
 int block_list_driver_properties(const char *name, vmm_property_fn fn, void *user_data);
+int chardev_list_types(vmm_type_fn fn, void *user_data);
+int chardev_list_properties(const char *name, vmm_property_fn fn, void *user_data);
 #endif

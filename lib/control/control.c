@@ -185,6 +185,10 @@ static JsonObject *event_data(const struct vmm_event *ev)
         json_object_set_boolean_member(data, "nospace", ev->nospace != 0);
         json_object_set_string_member(data, "reason", ev->message ? ev->message : "");
         break;
+    case VMM_EVENT_VSERPORT_CHANGE:
+        json_object_set_string_member(data, "id", ev->device ? ev->device : "");
+        json_object_set_boolean_member(data, "open", ev->message && !strcmp(ev->message, "open"));
+        break;
     default:
         json_object_unref(data);
         return NULL;

@@ -6,6 +6,7 @@
 #include "devices/device.h"
 #include "devices/pci.h"
 #include "devices/virtio/virtio.h"
+#include "devices/virtio/virtio-console.h"
 #include "introspect.h"
 
 static const struct device_class *const classes[] = {
@@ -13,6 +14,8 @@ static const struct device_class *const classes[] = {
     &device_pci_host, &device_virtio_rng_pci.dc, &device_virtio_rng_mmio.dc,
     &device_virtio_net_pci.dc, &device_virtio_net_mmio.dc,
     &device_virtio_blk_pci.dc, &device_virtio_blk_mmio.dc,
+    &device_virtio_console_pci.dc, &device_virtio_console_mmio.dc, &device_virtio_serial_pci.dc,
+    &device_virtio_serial_mmio.dc, &device_virtconsole, &device_virtserialport,
 };
 
 const struct device_class *device_class_find(const char *name)

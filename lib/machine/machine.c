@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "devices/acpi-pm.h"
+#include "chardev/chardev.h"
 #include "devices/device.h"
 #include "net/net.h"
 #include "machine/drives.h"
@@ -277,7 +278,7 @@ static const char *event_name(enum vmm_event_type type)
 {
     static const char *const names[] = {
         NULL, "STOP", "RESUME", "SHUTDOWN", "RESET", "POWERDOWN", "DEVICE_DELETED",
-        "BLOCK_IO_ERROR",
+        "BLOCK_IO_ERROR", "VSERPORT_CHANGE",
     };
     return (unsigned)type < VMM_ARRAY_SIZE(names) ? names[type] : "UNKNOWN";
 }
@@ -783,6 +784,7 @@ LIBVMM_EXPORT void vmm_machine_free(vmm_machine *m)
         m->devices = next;
     }
     net_release_all(m);              /* after the NICs that used them */
+    chardev_free_all(m);   /* after the devices, their frontends */
     for (unsigned i = 0; i < m->nr_vcpus; i++)
         vcpu_destroy(m->vcpus[i]);
     free(m->vcpus);

@@ -82,6 +82,7 @@ struct vmm_machine {
     vmm_free_fn serial_free;
     int serial_in_fd, serial_out_fd;
     struct device *console;        /* the UART the console is wired to */
+    struct chardev *chardevs;      /* lib/chardev, in creation order */
 
     GMainContext *io_context;
     GMainLoop *io_loop;

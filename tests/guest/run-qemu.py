@@ -16,8 +16,10 @@ import select
 import time
 import shutil
 import subprocess
+import socket
 import sys
 import tempfile
+import threading
 
 SKIP = 77
 
@@ -141,12 +143,124 @@ def check(test, status, console):
     return problems
 
 
-def run_guest(cmd, test, timeout):
+def with_dir(test, directory):
+    """The test with "{dir}" in its strings replaced (socket paths)."""
+    return json.loads(json.dumps(test).replace("{dir}", directory))
+
+
+def connect_unix(path, timeout, stop=None, required=False):
+    """A stream socket connected to `path`, retrying while nothing listens
+    there yet; None after `timeout` seconds (or once `stop` is set), or
+    with `required` a TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while not (stop and stop.is_set()) and time.monotonic() < deadline:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            return s
+        except OSError:
+            s.close()
+            time.sleep(0.05)
+    if required:
+        raise TimeoutError(f"nothing listens at {path} after {timeout} s")
+    return None
+
+
+class SocketPeer(threading.Thread):
+    """The host end of a guest's port (test["socket_peers"]): connects to
+    the machine's Unix socket chardev, waits for `expect` (a regex) in what
+    the guest sends and, with `reply`, answers reply + the matched text;
+    `greeting` is sent as soon as it connects (before the guest opens its
+    port: the device must hold it, not drop it).  With `bulk` (bytes), what
+    follows the matched line must be that many bytes of i % 251; the peer
+    stops reading for `bulk_delay_s` after its reply so that the guest runs
+    into a full socket (backpressure) and must wait, not lose data."""
+
+    def __init__(self, spec, timeout):
+        super().__init__(daemon=True)
+        self.path, self.expect = spec["path"], re.compile(spec["expect"].encode(), re.MULTILINE)
+        self.reply, self.greeting = spec.get("reply"), spec.get("greeting")
+        self.bulk, self.bulk_delay = spec.get("bulk", 0), spec.get("bulk_delay_s", 0)
+        self.bulk_from, self.replied_at = None, None
+        self.deadline = time.monotonic() + timeout
+        self.stop, self.connected, self.matched, self.data = threading.Event(), False, False, b""
+
+    def run(self):
+        s = connect_unix(self.path, self.deadline - time.monotonic(), self.stop)
+        if not s:
+            return
+        self.connected = True
+        s.settimeout(0.2)
+        if self.greeting:
+            s.sendall(self.greeting.encode())
+        with s:
+            while not self.stop.is_set() and time.monotonic() < self.deadline:
+                if self.replied_at and time.monotonic() < self.replied_at + self.bulk_delay:
+                    time.sleep(0.05)
+                    continue
+                try:
+                    chunk = s.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                self.data += chunk
+                m = None if self.matched else self.expect.search(self.data)
+                if m:
+                    self.matched, self.bulk_from = True, m.end()
+                    if self.reply is not None:
+                        s.sendall(self.reply.encode() + m.group(0))
+                        self.replied_at = time.monotonic()
+
+    def problems(self):
+        if not self.connected:
+            return [f"socket peer never connected to {self.path}"]
+        if not self.matched:
+            return [f"socket peer {self.path} never received {self.expect.pattern!r} "
+                    f"(got {self.data!r})"]
+        return self.bulk_problems()
+
+    def bulk_problems(self):
+        if not self.bulk:
+            return []
+        got = self.data[self.bulk_from:]
+        want = bytes(i % 251 for i in range(self.bulk))
+        if got != want:
+            first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b),
+                         min(len(got), len(want)))
+            return [f"socket peer {self.path}: bulk data: {len(got)} bytes, expected {self.bulk}; "
+                    f"first difference at byte {first}"]
+        return []
+
+
+def make_peers(test, timeout):
+    return [SocketPeer(spec, timeout) for spec in test.get("socket_peers", [])]
+
+
+def peer_problems(peers):
+    return [p for peer in peers for p in peer.problems()]
+
+
+def run_guest(cmd, test, timeout, peers=()):
     """Run the machine, writing test["input"] to its serial input once the
-    console matches test["input_after"]; returns (status or None on
-    timeout, console, stderr)."""
+    console matches test["input_after"], with `peers` (SocketPeer) talking
+    to its sockets; returns (status or None on timeout, console, stderr)."""
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
+    for peer in peers:
+        peer.start()
+    try:
+        return wait_guest(proc, test, timeout)
+    finally:
+        for peer in peers:
+            peer.stop.set()
+            peer.join()
+
+
+def wait_guest(proc, test, timeout):
+    """run_guest's loop over the machine's console."""
     pending = test.get("input", "").encode()
     trigger = re.compile(test.get("input_after", "^"), re.MULTILINE)
     out, deadline = b"", time.monotonic() + timeout
@@ -183,8 +297,12 @@ def main():
 
     with open(args.expectations) as f:
         data = json.load(f)
-    test = data["tests"][args.test]
     conf = data["qemu"]
+    with tempfile.TemporaryDirectory(prefix="vmm-guest-") as tmp:
+        return run(args, conf, with_dir(data["tests"][args.test], tmp))
+
+
+def run(args, conf, test):
     if test.get("libvmm_only"):
         print(f"SKIP: {args.test} runs under libvmm only")
         return SKIP
@@ -201,7 +319,8 @@ def main():
     paths = prepare_images(test, workdir.name) if workdir else {}
     cmd = substitute(qemu_command(qemu, conf, test, args.elf), paths)
     print("+ " + " ".join(cmd), flush=True)
-    status, console, stderr = run_guest(cmd, test, conf["timeout_s"])
+    peers = make_peers(test, conf["timeout_s"])
+    status, console, stderr = run_guest(cmd, test, conf["timeout_s"], peers)
     if status is None:
         print(console)
         print(f"FAIL: {args.test}: no exit within {conf['timeout_s']} s (guest hung?)")
@@ -209,7 +328,7 @@ def main():
     print(console, end="" if console.endswith("\n") else "\n")
     if stderr:
         print("qemu stderr:\n" + stderr)
-    problems = check(test, status, console) + check_images(test, paths)
+    problems = check(test, status, console) + check_images(test, paths) + peer_problems(peers)
     for p in problems:
         print(f"FAIL: {args.test}: {p}")
     if not problems:

@@ -2,7 +2,7 @@
  * and exit with the machine's status: what the guest suite runs.
  * Usage: boot-guest KERNEL CPUS MEMORY CMDLINE TIMEOUT_S [OPTION...]
  * Options: no-exit-device, machine=TYPE, drive=SPEC and device=SPEC (repeatable),
- * netdev=SPEC (repeatable, added before the devices),
+ * netdev=SPEC and chardev=SPEC (repeatable, added before the devices),
  * log (libvmm's warnings and errors to stderr as "libvmm: DOMAIN: message").
  * Exit status: the test-exit status, 0 on guest power-off, 1 on errors. */
 #include <stdbool.h>
@@ -39,7 +39,7 @@ int main(int argc, char **argv)
 {
     static const char usage[] = "usage: boot-guest KERNEL CPUS MEMORY CMDLINE TIMEOUT_S "
                                 "[no-exit-device] [machine=TYPE] [drive=SPEC]... [netdev=SPEC]... "
-                                "[device=SPEC]... [log]\n";
+                                "[chardev=SPEC]... [device=SPEC]... [log]\n";
     if (argc < 6) {
         fputs(usage, stderr);
         return 2;
@@ -54,7 +54,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "log"))
             vmm_set_log_callback(log_to_stderr, NULL, NULL, VMM_LOG_WARNING);
         else if (strncmp(argv[i], "device=", 7) && strncmp(argv[i], "drive=", 6) &&
-                 strncmp(argv[i], "netdev=", 7)) {
+                 strncmp(argv[i], "netdev=", 7) && strncmp(argv[i], "chardev=", 8)) {
             fputs(usage, stderr);
             return 2;
         }
@@ -73,6 +73,9 @@ int main(int argc, char **argv)
             return fail(argv[i]);
     for (int i = 6; i < argc; i++)
         if (!strncmp(argv[i], "netdev=", 7) && vmm_machine_add_netdev(m, argv[i] + 7) < 0)
+            return fail(argv[i]);
+    for (int i = 6; i < argc; i++)
+        if (!strncmp(argv[i], "chardev=", 8) && vmm_machine_add_chardev(m, argv[i] + 8) < 0)
             return fail(argv[i]);
     for (int i = 6; i < argc; i++)
         if (!strncmp(argv[i], "device=", 7) && vmm_machine_add_device(m, argv[i] + 7) < 0)

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 SKIP = 77
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -28,8 +29,12 @@ def main():
     expectations, name, elf, boot_guest = sys.argv[1:5]
     with open(expectations) as f:
         data = json.load(f)
-    test = data["tests"][name]
     runner = load_runner()
+    with tempfile.TemporaryDirectory(prefix="vmm-guest-") as tmp:
+        return run(runner, data, name, runner.with_dir(data["tests"][name], tmp), elf, boot_guest)
+
+
+def run(runner, data, name, test, elf, boot_guest):
     if test.get("qemu_only"):
         print(f"SKIP: {name} runs under QEMU only ({test.get('qemu_machine', '')})")
         return SKIP
@@ -43,6 +48,7 @@ def main():
     if "machine" in test:
         cmd.append("machine=" + test["machine"])
     cmd += ["drive=" + d for d in test.get("drives", [])]
+    cmd += ["chardev=" + c for c in test.get("chardevs", [])]
     cmd += ["device=" + d for d in test.get("devices", [])]
     if "libvmm_log" in test:
         cmd.append("log")
@@ -50,7 +56,8 @@ def main():
     paths = runner.prepare_images(test, workdir.name) if workdir else {}
     cmd = runner.substitute(cmd, paths)
     print("+ " + " ".join(cmd), flush=True)
-    status, console, stderr = runner.run_guest(cmd, test, timeout + 30)
+    peers = runner.make_peers(test, timeout + 30)
+    status, console, stderr = runner.run_guest(cmd, test, timeout + 30, peers)
     if status is None:
         print(console)
         print(f"FAIL: {name}: boot-guest did not finish within {timeout + 30} s")
@@ -59,6 +66,7 @@ def main():
     if stderr:
         print("stderr:\n" + stderr)
     problems = runner.check(test, status, console) + runner.check_images(test, paths)
+    problems += runner.peer_problems(peers)
     log = stderr
     for pattern in test.get("libvmm_log", []):
         if not re.search(pattern, log, re.MULTILINE):

@@ -2,7 +2,9 @@
 introspection, exit statuses, the console, Ctrl-A x, and one clear error
 line for each kind of bad input."""
 import os
+import runpy
 import shutil
+import socket
 import subprocess
 import time
 
@@ -217,3 +219,147 @@ def test_drive_if_none_without_a_device_is_not_a_disk(tmp_path):
             "--append", "transport=pci", "--drive", f"file={path},format=raw,if=none,id=hd0")
     assert p.returncode == 35, p.stdout + p.stderr
     assert "no virtio device 2 on PCI" in p.stdout
+
+
+# ---- --chardev and the virtio-console ports -------------------------------------------------
+
+def test_chardev_help_lists_backends_and_keys_from_the_library():
+    p = run("--chardev", "help")
+    assert p.returncode == 0
+    for name in ("null", "stdio", "fd", "file", "socket"):
+        assert "\n  %s " % name in p.stdout
+    p = run("--chardev", "socket,help")
+    assert p.returncode == 0
+    assert "reconnect" in p.stdout and "server" in p.stdout and "(default off)" in p.stdout
+    p = run("--device", "virtserialport,help")
+    assert p.returncode == 0 and "name" in p.stdout and "bus" in p.stdout
+    one_error_line(run("--chardev", "tcp,help"), "unknown chardev backend 'tcp'")
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--chardev", "tcp,id=c0"],
+     "unknown chardev backend 'tcp' (known: null, stdio, fd, file, socket)"),
+    (["--chardev", "null"], "null: chardevs need id="),
+    (["--chardev", "socket,id=c0"], "chardev 'c0': socket needs path="),
+    (["--chardev", "socket,id=c0,path=/tmp/x.sock,server=on,wait=on"], "wait=on is not supported"),
+    (["--chardev", "socket,id=c0,path=/tmp/x.sock,server=on,reconnect=2"],
+     "reconnect= is for client sockets"),
+    (["--chardev", "socket,id=c0,path=/nonexistent/vmm.sock"],
+     "chardev 'c0': connect /nonexistent/vmm.sock: No such file or directory"),
+    (["--chardev", "socket,id=c0,path=/tmp/" + "x" * 120], "longer than 107 bytes"),
+    (["--chardev", "file,id=f,path=/nonexistent/dir/out"],
+     "/nonexistent/dir/out: No such file or directory"),
+    (["--chardev", "fd,id=f,in=987"], "in=987 out=-1: not an open file descriptor"),
+    (["--chardev", "fd,id=f"], "fd needs in=FD and/or out=FD"),
+    (["--chardev", "fd,id=f,in=x"], "chardev 'f': fd: in: 'x' is not a number"),
+    (["--chardev", "socket,id=c0,path=/tmp/c.sock,reconnect=3601"],
+     "socket: reconnect: 3601 is out of range (0 to 3600)"),
+    (["--chardev", "null,id=a,colour=red"], "null: unknown property 'colour'"),
+    (["--chardev", "null,id=a", "--chardev", "null,id=a"], "a chardev with id 'a' exists already"),
+    (["--chardev", "stdio,id=s"], "the serial console uses stdio already"),
+    (["--device", "virtio-serial-pci,max_ports=16"], "max_ports"),
+])
+def test_bad_chardev_input_gets_one_clear_line(args, text):
+    one_error_line(run("--kernel", "K", *args), text)
+
+
+@needs_kvm
+@pytest.mark.parametrize("devices, text", [
+    (["virtio-serial-pci", "virtserialport,chardev=nope"], "chardev 'nope' does not exist"),
+    (["virtserialport,chardev=c"], "no virtio-serial device"),
+    (["virtio-serial-pci,id=vs0", "virtserialport,chardev=c,bus=vs9.0"],
+     "no virtio-serial device 'vs9.0'"),
+    (["virtio-serial-pci", "virtserialport,chardev=c", "virtconsole,chardev=c"],
+     "chardev 'c' is already used by virtio-serial-pci port 1"),
+    (["virtio-serial-pci,max_ports=2", "virtserialport,chardev=c,nr=2"],
+     "nr=2: the device has max_ports=2"),
+    (["virtio-serial-pci,chardev=c", "virtconsole,chardev=d,nr=0"], "port 0 is taken"),
+    (["virtio-serial-pci", "virtserialport,chardev=c,name=" + "n" * 128],
+     "name must have 1 to 127"),
+])
+def test_bad_port_devices_are_named(devices, text):
+    args = ["--kernel", guest("hello-exit"), "--machine", "pc", "--chardev", "null,id=c",
+            "--chardev", "null,id=d"]
+    for d in devices:
+        args += ["--device", d]
+    one_error_line(run(*args), text)
+
+
+# The guest runners' helper: connect, retrying until the machine listens.
+connect_unix = runpy.run_path(os.path.join(os.environ.get("VMM_SOURCE_DIR", "."), "tests", "guest",
+                                           "run-qemu.py"))["connect_unix"]
+
+
+
+def read_until(s, needle, timeout=60):
+    s.settimeout(timeout)
+    data = b""
+    while needle not in data:
+        chunk = s.recv(4096)
+        assert chunk, "the port closed after %r" % data
+        data += chunk
+    return data
+
+
+def run_console_guest(tmp_path, machine, devices, console_spec, pass_fds=()):
+    """vmm-run with the virtio-console guest: its named port on a Unix socket
+    where a first client connects and leaves (the server then takes the next
+    one) and a second greets, reads the guest's line and replies.  Returns
+    (exit status, serial console text, stderr)."""
+    sock = str(tmp_path / "port.sock")
+    args = ["--kernel", os.path.join(GUESTS, "virtio", "virtio-console.elf"), "--machine", machine,
+            "--append", "transport=" + ("pci" if machine == "pc" else "mmio"),
+            "--serial", f"file:{tmp_path / 'serial.txt'}", *EXIT_DEV,
+            "--chardev", console_spec,
+            "--chardev", f"socket,id=port,path={sock},server=on,wait=off"]
+    for d in devices:
+        args += ["--device", d]
+    proc = subprocess.Popen([VMM_RUN, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, pass_fds=pass_fds)
+    try:
+        connect_unix(sock, 30, required=True).close()
+        with connect_unix(sock, 30, required=True) as peer:
+            peer.sendall(b"early bird\n")
+            line = read_until(peer, b"\n")
+            assert line == b"hello from the guest on org.libvmm.test.0\n"
+            peer.sendall(b"reply: " + line)
+            out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not os.path.exists(sock), "the server socket is removed when the machine ends"
+    return proc.returncode, (tmp_path / "serial.txt").read_text(), err.decode()
+
+
+PC_PORTS = ["virtio-serial-pci", "virtconsole,chardev=con",
+            "virtserialport,chardev=port,name=org.libvmm.test.0"]
+
+
+@needs_kvm
+@pytest.mark.parametrize("machine, devices", [
+    ("pc", PC_PORTS),
+    ("microvm", ["virtio-console-device,chardev=con",
+                 "virtserialport,chardev=port,name=org.libvmm.test.0"]),
+])
+def test_console_ports_through_sockets_and_files(tmp_path, machine, devices):
+    console = tmp_path / "console.txt"
+    status, serial, err = run_console_guest(tmp_path, machine, devices,
+                                            f"file,id=con,path={console}")
+    assert status == 33, serial + err
+    assert "virtio-console: ok" in serial
+    assert console.read_text() == "emerg: ok\nconsole: hello from port 0\n"
+
+
+@needs_kvm
+def test_a_console_pipe_nobody_reads_does_not_kill_the_vmm(tmp_path):
+    """Writing to a pipe whose reader is gone raises SIGPIPE, which would end
+    vmm-run (default disposition): the chardev takes EPIPE instead."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        status, serial, err = run_console_guest(tmp_path, "pc", PC_PORTS, f"fd,id=con,out={w}",
+                                                pass_fds=(w,))
+    finally:
+        os.close(w)
+    assert status == 33, serial + err
+    assert "virtio-console: console line written" in serial

@@ -40,6 +40,12 @@ static const char usage_text[] =
     "                       [,queues=N][,vnet_hdr=on|off]; NICs use it with\n"
     "                       --device virtio-net-pci,netdev=ID[,mac=52:54:00:12:34:56]\n"
     "                       (virtio-net-device on microvm)\n"
+    "  --chardev SPEC       add a host end for a device: BACKEND,id=ID,... with\n"
+    "                       BACKEND null, stdio, fd (in=FD,out=FD), file (path=P)\n"
+    "                       or socket (path=P,server=on,wait=off | path=P[,reconnect=S]);\n"
+    "                       ('help' lists backends, 'BACKEND,help' their keys);\n"
+    "                       e.g. --device virtio-serial-pci --device\n"
+    "                       virtserialport,chardev=ID,name=org.qemu.guest_agent.0\n"
     "  --no-reboot          end when the guest resets instead of restarting it\n"
     "  --qmp unix:PATH[,server,nowait]  serve QMP (QEMU's control protocol) there\n"
     "  --log FILE           append this machine's log (events, errors) to FILE\n"
@@ -60,6 +66,8 @@ struct options {
     int nr_drives;
     const char **netdevs;
     int nr_netdevs;
+    const char **chardevs;
+    int nr_chardevs;
     bool no_reboot, verbose;
 };
 
@@ -141,7 +149,7 @@ static bool asks_for_help(const char *spec)
 
 enum { OPT_KERNEL = 256, OPT_INITRD, OPT_APPEND, OPT_CPUS, OPT_MEMORY, OPT_CPU_MODEL,
        OPT_MACHINE, OPT_SERIAL, OPT_DEVICE, OPT_NO_REBOOT, OPT_VERBOSE, OPT_VERSION,
-       OPT_QMP, OPT_LOG, OPT_DRIVE, OPT_NETDEV };
+       OPT_QMP, OPT_LOG, OPT_DRIVE, OPT_NETDEV, OPT_CHARDEV };
 
 static const struct option long_options[] = {
     { "kernel", required_argument, NULL, OPT_KERNEL },
@@ -155,6 +163,7 @@ static const struct option long_options[] = {
     { "device", required_argument, NULL, OPT_DEVICE },
     { "drive", required_argument, NULL, OPT_DRIVE },
     { "netdev", required_argument, NULL, OPT_NETDEV },
+    { "chardev", required_argument, NULL, OPT_CHARDEV },
     { "no-reboot", no_argument, NULL, OPT_NO_REBOOT },
     { "verbose", no_argument, NULL, OPT_VERBOSE },
     { "version", no_argument, NULL, OPT_VERSION },
@@ -170,6 +179,7 @@ static void parse_options(int argc, char **argv, struct options *o)
     o->devices = calloc((size_t)argc, sizeof(*o->devices));
     o->drives = calloc((size_t)argc, sizeof(*o->drives));
     o->netdevs = calloc((size_t)argc, sizeof(*o->netdevs));
+    o->chardevs = calloc((size_t)argc, sizeof(*o->chardevs));
     int c;
     while ((c = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
         switch (c) {
@@ -184,6 +194,7 @@ static void parse_options(int argc, char **argv, struct options *o)
         case OPT_DEVICE: o->devices[o->nr_devices++] = optarg; break;
         case OPT_DRIVE: o->drives[o->nr_drives++] = optarg; break;
         case OPT_NETDEV: o->netdevs[o->nr_netdevs++] = optarg; break;
+        case OPT_CHARDEV: o->chardevs[o->nr_chardevs++] = optarg; break;
         case OPT_NO_REBOOT: o->no_reboot = true; break;
         case OPT_VERBOSE: o->verbose = true; break;
         case OPT_QMP: o->qmp = optarg; break;
@@ -380,6 +391,26 @@ static int exit_status(vmm_machine *m)
     }
 }
 
+/* Chardevs before devices (devices name them); stdin has one reader.  On
+ * an error the machine goes first, taking the sockets it listens on. */
+static void add_chardevs(vmm_machine *m, const struct options *o)
+{
+    bool serial_stdio = !o->serial || !strcmp(o->serial, "stdio");
+    for (int i = 0; i < o->nr_chardevs; i++) {
+        const char *spec = o->chardevs[i];
+        char *why = NULL;
+        if (serial_stdio && (!strcmp(spec, "stdio") || !strncmp(spec, "stdio,", 6)))
+            why = strdup("the serial console uses stdio already (add --serial none or "
+                         "--serial file:PATH)");
+        else if (vmm_machine_add_chardev(m, spec) == 0)
+            continue;
+        else
+            why = strdup(vmm_get_error());
+        vmm_machine_free(m);
+        die("--chardev %s: %s", spec, why ? why : "out of memory");
+    }
+}
+
 int main(int argc, char **argv)
 {
     struct options o = { 0 };
@@ -389,6 +420,9 @@ int main(int argc, char **argv)
     for (int i = 0; i < o.nr_devices; i++)
         if (asks_for_help(o.devices[i]))
             list_and_exit("device", o.devices[i]);
+    for (int i = 0; i < o.nr_chardevs; i++)
+        if (asks_for_help(o.chardevs[i]))
+            list_and_exit("chardev", o.chardevs[i]);
     if (o.cpu_model && !strcmp(o.cpu_model, "help"))
         list_and_exit("cpu-model", "help");
     if (!o.kernel)
@@ -426,6 +460,7 @@ int main(int argc, char **argv)
             die("--netdev %s: %s", spec, why ? why : "out of memory");
         }
     }
+    add_chardevs(m, &o);
     for (int i = 0; i < o.nr_devices; i++)
         if (vmm_machine_add_device(m, o.devices[i]) < 0)
             die_api();
@@ -451,5 +486,6 @@ int main(int argc, char **argv)
     free(o.devices);
     free(o.drives);
     free(o.netdevs);
+    free(o.chardevs);
     return status;
 }

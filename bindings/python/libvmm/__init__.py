@@ -208,12 +208,14 @@ class Device:
 
 class Machine(_Resource):
     """A virtual machine.  Properties are keyword arguments (cpu_model= for
-    "cpu-model"); `devices` a list of "type,key=value" strings.  `on_serial`
+    "cpu-model"); `devices` a list of "type,key=value" strings, `chardevs`
+    a list of chardev specs ("socket,id=c0,path=P,server=on,wait=off"; added
+    before the devices, which name them with chardev=ID).  `on_serial`
     gets each chunk of console output (bytes); `on_event` each Event.  Use it
     as a context manager, or call close(): the machine is always freed."""
 
-    def __init__(self, type="microvm", *, devices=(), netdevs=(), on_serial=None, on_event=None,
-                 **props):
+    def __init__(self, type="microvm", *, devices=(), netdevs=(), chardevs=(), on_serial=None,
+                 on_event=None, **props):
         self._m = ffi.NULL
         self._console = bytearray()
         self._console_lock = threading.Lock()
@@ -233,6 +235,8 @@ class Machine(_Resource):
                 self.set(key, value)
             for spec in netdevs:
                 self.add_netdev(spec)
+            for spec in chardevs:
+                self.add_chardev(spec)
             for spec in devices:
                 self.add_device(spec)
         except BaseException:
@@ -330,6 +334,12 @@ class Machine(_Resource):
     def set_link(self, name, up):
         """Link of a netdev or NIC (netdev id or device id) up or down, as QMP set_link."""
         _check(lib.vmm_machine_set_link(self.handle, name.encode(), 1 if up else 0))
+
+    def add_chardev(self, spec, **props):
+        """Add a host end for devices: add_chardev("socket", id="c0", path=P, server=True,
+        wait=False) or a full spec string ("socket,id=c0,path=P,server=on,wait=off")."""
+        full = _spec(spec, props) if props else spec
+        _check(lib.vmm_machine_add_chardev(self.handle, full.encode()))
 
     def remove_device(self, id):
         _check(lib.vmm_machine_remove_device(self.handle, id.encode()))

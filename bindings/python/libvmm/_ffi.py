@@ -41,6 +41,7 @@ void vmm_machine_free(vmm_machine *m);
 int vmm_machine_set(vmm_machine *m, const char *key, const char *value);
 char *vmm_machine_get(vmm_machine *m, const char *key);
 int vmm_machine_add_device(vmm_machine *m, const char *spec);
+int vmm_machine_add_chardev(vmm_machine *m, const char *spec);
 typedef void (*vmm_output_fn)(void *user_data, const void *data, size_t len);
 int vmm_machine_set_serial_callback(vmm_machine *m, vmm_output_fn fn, void *user_data,
                                     vmm_free_fn free_fn);

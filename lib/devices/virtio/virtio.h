@@ -229,6 +229,8 @@ extern const struct state_desc virtio_state_desc;
 extern const struct virtio_device_class device_virtio_rng_pci, device_virtio_rng_mmio;
 extern const struct virtio_device_class device_virtio_net_pci, device_virtio_net_mmio;
 extern const struct virtio_device_class device_virtio_blk_pci, device_virtio_blk_mmio;
+extern const struct virtio_device_class device_virtio_console_pci, device_virtio_console_mmio,
+    device_virtio_serial_pci, device_virtio_serial_mmio;
 
 /* microvm: describe the virtio-mmio devices in the DSDT (acpi-aml.h). */
 struct aml;

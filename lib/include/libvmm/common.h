@@ -74,7 +74,8 @@ struct vmm_property_info {
 typedef int (*vmm_type_fn)(void *user_data, const char *name, const char *help);
 typedef int (*vmm_property_fn)(void *user_data, const struct vmm_property_info *info);
 
-/* Kinds of types: "machine", "device", "cpu-model", "block-driver". */
+/* Kinds of types: "machine", "device", "cpu-model", "block-driver", "chardev"
+ * (vmm_machine_add_chardev's backends). */
 LIBVMM_EXPORT int vmm_list_types(const char *kind, vmm_type_fn fn, void *user_data);
 
 /* The properties of type `name` of `kind`. Fails with ENOENT for an unknown

@@ -61,6 +61,16 @@ LIBVMM_EXPORT char *vmm_machine_get(vmm_machine *m, const char *key);
  * See vmm_list_types("device") and vmm_list_properties("device", type). */
 LIBVMM_EXPORT int vmm_machine_add_device(vmm_machine *m, const char *spec);
 
+/* Add a character device (a host end for a device such as a virtio-console
+ * port) from QEMU's -chardev syntax "BACKEND,id=ID,...": "null", "stdio",
+ * "fd,in=FD,out=FD" (not closed by the machine), "file,path=P[,append=on]",
+ * "socket,path=P,server=on,wait=off" (a Unix socket; one client at a time,
+ * the next one after a disconnect) or "socket,path=P[,reconnect=SECONDS]"
+ * (client).  Devices name it with chardev=ID.  Files and sockets are opened
+ * here, so a listening socket accepts connections before the machine starts.
+ * Only in CREATED. */
+LIBVMM_EXPORT int vmm_machine_add_chardev(vmm_machine *m, const char *spec);
+
 /* Console output: the guest's serial port bytes go to `fn` (called on the
  * vCPU thread that wrote them; keep it short). */
 typedef void (*vmm_output_fn)(void *user_data, const void *data, size_t len);
@@ -119,6 +129,8 @@ enum vmm_event_type {
     VMM_EVENT_POWERDOWN = 5,   /* "POWERDOWN": a power-off request reached the guest */
     VMM_EVENT_DEVICE_DELETED = 6, /* "DEVICE_DELETED": device (id) is gone */
     VMM_EVENT_BLOCK_IO_ERROR = 7, /* "BLOCK_IO_ERROR": device's backend failed */
+    VMM_EVENT_VSERPORT_CHANGE = 8, /* "VSERPORT_CHANGE": the guest opened or closed the
+                                      virtio-serial port `device` (message "open"/"closed") */
 };
 
 struct vmm_event {
@@ -133,7 +145,7 @@ struct vmm_event {
      * "host-error" (a vCPU or device failed), "host-qmp-quit" (stopped or
      * freed), "host-qmp-system-reset" (vmm_machine_reset); else NULL. */
     const char *reason;
-    const char *device;        /* DEVICE_DELETED, BLOCK_IO_ERROR: device id */
+    const char *device;        /* DEVICE_DELETED, BLOCK_IO_ERROR, VSERPORT_CHANGE: device id */
     const char *message;       /* human-readable detail, or NULL */
     /* BLOCK_IO_ERROR (QMP's fields): the drive's node-name, "read" or
      * "write", what the device did ("report", "ignore", "stop") and whether
