@@ -70,6 +70,9 @@ def test_device_help_lists_types_from_the_library():
     (["--kernel", "K", "--device", "floppy"], "unknown device type 'floppy'"),
     (["--kernel", "K", "--device", "isa-debug-exit,colour=red"], "isa-debug-exit: unknown property 'colour'"),
     (["--kernel", "K", "--machine", "pdp11"], "unknown machine type 'pdp11'"),
+    (["--kernel", "K", "--machine", "microvm,bogus"], "--machine microvm,bogus: 'bogus' is not KEY=VALUE"),
+    (["--kernel", "K", "--machine", "pc,colour=red"], "unknown property 'colour'"),
+    (["--kernel", "K", "--machine", "microvm,virtio-mmio-cmdline=maybe"], "virtio-mmio-cmdline"),
     (["--kernel", "K", "--serial", "telnet"], "--serial 'telnet': expected stdio, file:PATH or none"),
     (["--kernel", "K", "stray"], "unexpected argument 'stray'"),
     (["--kernel", "K", "--netdev", "tap,id=n0"], "--netdev tap,id=n0: vmm_machine_add_netdev: "
@@ -145,6 +148,16 @@ def test_serial_to_file_and_none(tmp_path):
     assert "hello-exit: hello" in log.read_text()
     p = run("--kernel", guest("hello-exit"), "--serial", "none", *EXIT_DEV)
     assert p.returncode == 33 and p.stdout == ""
+
+
+@needs_kvm
+def test_machine_properties_after_the_type():
+    p = run("--kernel", guest("serial"), "--append", "x=1", "--machine",
+            "microvm,virtio-mmio-cmdline=on,cpus=2", "--device", "virtio-rng-device", *EXIT_DEV)
+    assert p.returncode == 33, p.stdout + p.stderr
+    assert 'cmdline "x=1 virtio_mmio.device=512@0xfeb00000:16"' in p.stdout
+    p = run("--machine", "pc,help")
+    assert p.returncode == 0 and "virtio-mmio-cmdline" in p.stdout
 
 
 @needs_kvm

@@ -26,7 +26,8 @@ static const char usage_text[] =
     "  --cpus N             number of vCPUs (default 1)\n"
     "  --memory SIZE        guest RAM, e.g. 512M or 2G (default 256M)\n"
     "  --cpu-model MODEL    host, x86-64, x86-64-v2 (default host)\n"
-    "  --machine TYPE       machine type (default microvm; 'help' lists them)\n"
+    "  --machine TYPE[,KEY=VALUE...]  machine type (default microvm; 'help' lists\n"
+    "                       them, 'TYPE,help' lists a type's properties)\n"
     "  --serial MODE        stdio (default), file:PATH or none\n"
     "  --device SPEC        add a device: TYPE,key=value,... ('help' lists types,\n"
     "                       'TYPE,help' lists a type's properties)\n"
@@ -411,6 +412,28 @@ static void add_chardevs(vmm_machine *m, const struct options *o)
     }
 }
 
+/* "--machine TYPE,key=value,...": everything after the type is machine
+ * properties, set after --cpus/--memory and friends so they can be
+ * overridden there. */
+static void set_machine_properties(vmm_machine *m, const char *spec)
+{
+    for (const char *p = strchr(spec, ','); p; p = strchr(p, ',')) {
+        p++;
+        char *pair = strndup(p, strcspn(p, ","));
+        char *eq = pair ? strchr(pair, '=') : NULL;
+        if (!eq) {
+            vmm_machine_free(m);
+            die("--machine %s: '%s' is not KEY=VALUE", spec, pair ? pair : "");
+        }
+        *eq = '\0';
+        if (vmm_machine_set(m, pair, eq + 1) < 0) {
+            vmm_machine_free(m);
+            die("--machine %s: %s", spec, vmm_get_error());
+        }
+        free(pair);
+    }
+}
+
 int main(int argc, char **argv)
 {
     struct options o = { 0 };
@@ -429,7 +452,10 @@ int main(int argc, char **argv)
         die("no kernel given: use --kernel FILE (see --help)");
     vmm_set_log_callback(log_to_stderr, NULL, NULL, o.verbose ? VMM_LOG_DEBUG : VMM_LOG_WARNING);
 
-    vmm_machine *m = vmm_machine_new(o.machine ? o.machine : "microvm");
+    const char *machine_spec = o.machine ? o.machine : "microvm";
+    char type[64];
+    snprintf(type, sizeof(type), "%.*s", (int)strcspn(machine_spec, ","), machine_spec);
+    vmm_machine *m = vmm_machine_new(type);
     if (!m)
         die_api();
     set_property(m, "kernel", o.kernel);
@@ -439,9 +465,10 @@ int main(int argc, char **argv)
     set_property(m, "memory", o.memory);
     set_property(m, "cpu-model", o.cpu_model);
     set_property(m, "reboot", o.no_reboot ? "off" : NULL);
+    set_machine_properties(m, machine_spec);
     for (int i = 0; i < o.nr_drives; i++) {
         char *why;
-        if (add_drive(m, o.drives[i], i, o.machine, &why) < 0) {
+        if (add_drive(m, o.drives[i], i, type, &why) < 0) {
             vmm_machine_free(m);
             free(o.devices);
             free(o.drives);
