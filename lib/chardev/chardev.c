@@ -26,6 +26,9 @@ struct chardev {
     int in_fd, out_fd;             /* the stream (socket: the connection) */
     bool own_stream;               /* close in_fd/out_fd when the peer goes */
     int listen_fd;
+    bool bound;                    /* listen_fd made the socket file (sock_dev/ino) */
+    dev_t sock_dev;
+    ino_t sock_ino;
     bool connected;
     bool started;                  /* sources run (a frontend is attached) */
     bool input_paused;             /* no input watch until accept_input */
@@ -252,6 +255,12 @@ static int listen_unix(struct chardev *chr)
         return vmm_set_error_errno("socket");
     if (bind(chr->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
         return vmm_set_error_errno("bind %s", chr->cfg.path);
+    /* Remember which file is ours: only that one is removed at the end. */
+    if (lstat(chr->cfg.path, &st) == 0) {
+        chr->bound = true;
+        chr->sock_dev = st.st_dev;
+        chr->sock_ino = st.st_ino;
+    }
     if (listen(chr->listen_fd, 1) < 0)
         return vmm_set_error_errno("listen %s", chr->cfg.path);
     return 0;
@@ -538,6 +547,16 @@ static int open_backend(struct chardev *chr)
     return vmm_set_error(EINVAL, "bad backend");
 }
 
+/* Remove the socket file we created, unless someone replaced it since (a
+ * failed bind created nothing: the file there is someone else's). */
+static void remove_socket_file(struct chardev *chr)
+{
+    struct stat st;
+    if (chr->bound && lstat(chr->cfg.path, &st) == 0 && S_ISSOCK(st.st_mode) &&
+        st.st_dev == chr->sock_dev && st.st_ino == chr->sock_ino)
+        unlink(chr->cfg.path);
+}
+
 static void chardev_free(struct chardev *chr)
 {
     drop_source(&chr->in_src);
@@ -549,8 +568,8 @@ static void chardev_free(struct chardev *chr)
     else if (chr->own_stream && chr->out_fd >= 0)
         close(chr->out_fd);
     if (chr->listen_fd >= 0) {
+        remove_socket_file(chr);
         close(chr->listen_fd);
-        unlink(chr->cfg.path);
     }
     free(chr->owner);
     chardev_config_release(&chr->cfg);

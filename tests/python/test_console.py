@@ -58,6 +58,33 @@ def test_a_listening_chardev_takes_connections_before_the_machine_starts(tmp_pat
     assert not os.path.exists(path), "the socket file goes with the machine"
 
 
+def test_a_failed_listen_leaves_other_files_alone(tmp_path):
+    """A regular file at a server socket's path is an error, and it stays:
+    the cleanup after the failed bind must not unlink what it did not create."""
+    path = tmp_path / "precious.txt"
+    path.write_bytes(b"keep me")
+    with libvmm.Machine() as m:
+        with pytest.raises(libvmm.Error) as e:
+            m.add_chardev("socket", id="s", path=str(path), server=True, wait=False)
+        assert "bind" in str(e.value)
+    assert path.read_bytes() == b"keep me"
+
+
+def test_a_socket_file_replaced_by_someone_else_is_not_removed(tmp_path):
+    """The machine removes its own socket file, not one another server put at
+    the same path since (the same path in a second machine replaces it)."""
+    path = str(tmp_path / "s.sock")
+    with libvmm.Machine() as first:
+        first.add_chardev("socket", id="s", path=path, server=True, wait=False)
+        with libvmm.Machine() as second:
+            second.add_chardev("socket", id="s", path=path, server=True, wait=False)
+            first.close()
+            assert os.path.exists(path), "the first machine removed the second one's socket"
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)
+        assert not os.path.exists(path)
+
+
 class Peer(threading.Thread):
     """The host end of port org.libvmm.test.0: greets, waits for the guest's
     line, replies "reply: " + line."""
