@@ -604,7 +604,9 @@ static void detach_port(struct virtio_console *vc, struct vcon_port *p)
         g_source_destroy(p->change_src);
         g_source_unref(p->change_src);
     }
-    memset(p, 0, sizeof(*p));
+    /* Keep vc and nr: a chardev callback already on its way (a realize that
+     * failed while the I/O thread runs) finds an absent port, not NULL. */
+    *p = (struct vcon_port){ .vc = vc, .nr = p->nr };
 }
 
 static int vcon_realize(struct virtio_device *vdev)
