@@ -171,7 +171,10 @@ def add_chardev_too_late(m):
 
 @needs_kvm
 def test_named_port_round_trip_with_events(tmp_path):
-    peer, console, changes, _ = serve_port(tmp_path, while_running=add_chardev_too_late)
+    # linger: the close comes within a second of the open, so it is reported
+    # a second after it (one report a second per port, as QEMU).
+    peer, console, changes, _ = serve_port(tmp_path, "transport=pci linger_ms=1500",
+                                           while_running=add_chardev_too_late)
     assert peer.line == b"hello from the guest on %s\n" % PORT.encode()
     assert console == b"emerg: ok\nconsole: hello from port 0\n"
     # Port 0 (virtconsole, no id) opens too; port1 opens and closes.
@@ -180,8 +183,21 @@ def test_named_port_round_trip_with_events(tmp_path):
 
 
 @needs_kvm
+def test_a_guest_toggling_its_port_gets_one_report_a_second(tmp_path):
+    """VSERPORT_CHANGE is rate-limited per port as QEMU does it (one a second,
+    the latest state): a guest opening and closing its port in a loop must
+    not flood the embedder and QMP clients (whose unread output is capped:
+    a flood would get the management's connection dropped)."""
+    _, _, changes, serial = serve_port(tmp_path, "transport=pci toggle=3000 linger_ms=1500")
+    assert "port toggled 3000 times" in serial
+    port1 = [c for c in changes if c[0] == "port1"]
+    assert len(port1) <= 8, "%d VSERPORT_CHANGE events for port1" % len(port1)
+    assert port1[0] == ("port1", "open") and port1[-1] == ("port1", "closed"), port1
+
+
+@needs_kvm
 def test_a_device_reset_reports_the_open_port_closed(tmp_path):
-    _, _, changes, serial = serve_port(tmp_path, "transport=pci reset_open=1 linger_ms=300")
+    _, _, changes, serial = serve_port(tmp_path, "transport=pci reset_open=1 linger_ms=1500")
     assert "device reset with the port open" in serial
     assert changes[-1] == ("port1", "closed") and ("port1", "open") in changes, changes
 

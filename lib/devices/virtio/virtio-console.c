@@ -44,6 +44,7 @@ struct vcon_port {
     /* VSERPORT_CHANGE reports (kept across resets). */
     GSource *change_src;           /* a report pending */
     bool reported_open;
+    gint64 reported_at;            /* monotonic µs of the last report (0: none) */
 };
 
 enum { PEND_ADD = 1, PEND_CONSOLE = 2, PEND_NAME = 4, PEND_OPEN = 8 };
@@ -242,11 +243,13 @@ static void port_ready(struct virtio_console *vc, struct vcon_port *p, uint16_t 
         queue_ctrl(p, PEND_OPEN);
 }
 
-/* VSERPORT_CHANGE: reported from an idle source in the I/O loop, without
- * the device lock (an event callback may pause the machine, which waits
- * for the vCPUs).  One report pending per port at most, reading the state
- * when it runs: a guest toggling its port in a loop costs one source, and
- * toggles within one batch of control messages give no event. */
+/* VSERPORT_CHANGE: reported from a source in the I/O loop, without the
+ * device lock (an event callback may pause the machine, which waits for the
+ * vCPUs).  One report pending per port at most, reading the state when it
+ * runs, and at most one report a second per port, as QEMU rate-limits this
+ * event: a guest toggling its port in a loop must not flood the embedder
+ * or get QMP clients dropped for unread output. */
+#define VCON_CHANGE_INTERVAL_US G_USEC_PER_SEC
 
 static gboolean report_port_change(gpointer opaque)
 {
@@ -256,6 +259,8 @@ static gboolean report_port_change(gpointer opaque)
     bool open = p->guest_open, changed = open != p->reported_open;
     char *id = changed ? strdup(p->owner && p->owner->id ? p->owner->id : "") : NULL;
     p->reported_open = open;
+    if (changed)
+        p->reported_at = g_get_monotonic_time();
     g_source_unref(p->change_src);
     p->change_src = NULL;
     pthread_mutex_unlock(&dev->lock);
@@ -271,7 +276,10 @@ static void port_changed(struct vcon_port *p)
     GMainContext *ctx = p->vc->proxy.pci.dev.m->io_context;
     if (p->change_src || !ctx)
         return;   /* the pending report reads the state when it runs */
-    p->change_src = g_idle_source_new();
+    gint64 now = g_get_monotonic_time();
+    gint64 due = p->reported_at ? p->reported_at + VCON_CHANGE_INTERVAL_US : now;
+    p->change_src = due > now ? g_timeout_source_new((guint)((due - now + 999) / 1000))
+                              : g_idle_source_new();
     g_source_set_callback(p->change_src, report_port_change, p, NULL);
     g_source_attach(p->change_src, ctx);
 }

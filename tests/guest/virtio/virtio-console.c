@@ -10,7 +10,8 @@
  * bulk=N: then N KiB of i % 251 on the port
  * in 4 KiB writes (the host stops reading for a while: each write must
  * wait, not be lost); linger_ms=N: run N ms after closing the port;
- * reset_open=1: close it by resetting the device instead;
+ * reset_open=1: close it by resetting the device instead; toggle=N: open
+ * and close the port N times before the round trip;
  * evil=1 first sends bogus control messages
  * (short, unknown port, unknown event) and a receive buffer too short for
  * a control message, then a device-writable transmit buffer: each must end
@@ -319,6 +320,16 @@ int main(const struct hvm_start_info *si)
     int np = named_port();
     printf("virtio-console: handshake done, %s is port %d\n", PORT_NAME, np);
 
+    /* toggle=N: open and close the port N times first (a guest flooding
+     * the host with VSERPORT_CHANGE; the host reports one a second). */
+    for (uint64_t i = 0, n = cmdline_u64("toggle", 0); i < n; i++) {
+        send_ctrl((uint32_t)np, PORT_OPEN, 1);
+        udelay(20);
+        send_ctrl((uint32_t)np, PORT_OPEN, 0);
+        udelay(20);
+    }
+    if (cmdline_u64("toggle", 0))
+        printf("virtio-console: port toggled %lu times\n", (unsigned long)cmdline_u64("toggle", 0));
     send_ctrl((uint32_t)np, PORT_OPEN, 1);
     char line[256];
     read_line((unsigned)np, line, sizeof(line));   /* sent when the host connected */
