@@ -16,6 +16,17 @@ static struct machine_drive *find_locked(vmm_machine *m, const char *id)
     return NULL;
 }
 
+/* The drive that owns this image, if any. */
+static struct machine_drive *find_image_locked(vmm_machine *m, const vmm_block *blk)
+{
+    for (GList *l = m->drives; l; l = l->next) {
+        struct machine_drive *d = l->data;
+        if (d->blk == blk)
+            return d;
+    }
+    return NULL;
+}
+
 static void drive_free(struct machine_drive *d)
 {
     vmm_block_close(d->blk);
@@ -31,7 +42,11 @@ struct machine_drive *machine_drive_insert(vmm_machine *m, const char *id, vmm_b
     struct machine_drive *d = NULL;
     g_mutex_lock(&m->drives_lock);
     bool taken = find_locked(m, id) != NULL;
-    if (!taken) {
+    /* One owner per image: a second drive would close it twice and share
+     * its completion fd between two devices' locks. */
+    const struct machine_drive *owner = taken ? NULL : find_image_locked(m, blk);
+    char *owner_id = owner ? g_strdup(owner->id) : NULL;
+    if (!taken && !owner) {
         d = g_new0(struct machine_drive, 1);
         d->id = g_strdup(id);
         d->driver = g_strdup(vmm_block_format(blk));
@@ -43,6 +58,9 @@ struct machine_drive *machine_drive_insert(vmm_machine *m, const char *id, vmm_b
     g_mutex_unlock(&m->drives_lock);
     if (taken)
         vmm_set_error(EEXIST, "a drive or block node '%s' exists already", id);
+    if (owner_id)
+        vmm_set_error(EBUSY, "the image is drive '%s' already", owner_id);
+    g_free(owner_id);
     return d;
 }
 
