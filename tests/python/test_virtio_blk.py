@@ -84,6 +84,19 @@ def test_add_block_takes_the_image_over(image):
         assert m.block_nodes() == []
 
 
+def test_one_image_is_one_drive(image):
+    # A second drive on the same handle would close it twice at machine
+    # free (and share its completion fd between two devices).
+    blk = libvmm.Block(image, writable=True)
+    with libvmm.Machine("pc") as m:
+        assert libvmm.lib.vmm_machine_add_block(m.handle, b"a", blk.handle, 0) == 0
+        assert libvmm.lib.vmm_machine_add_block(m.handle, b"b", blk.handle, 0) == -1
+        assert libvmm.lib.vmm_get_errno() == errno.EBUSY
+        assert "drive 'a'" in libvmm.ffi.string(libvmm.lib.vmm_get_error()).decode()
+        blk._blk = libvmm.ffi.NULL   # the machine owns it now
+        assert [n.name for n in m.block_nodes()] == ["a"]
+
+
 def test_a_drive_in_use_cannot_be_removed(image):
     with libvmm.Machine("pc") as m:
         m.add_drive(f"file={image},id=hd0")
@@ -143,6 +156,16 @@ class FailingDisk:
         self.proc.wait()
 
 
+def more_events(qmp, name):
+    """The `name` events that arrive within a short while."""
+    out = []
+    while True:
+        try:
+            out.append(qmp.event(name, timeout=0.3))
+        except TimeoutError:
+            return out
+
+
 def run_guest(tmp_path, op, err, policy, cmdline, heal_on_stop=False, reset_on_stop=False):
     disk = FailingDisk(tmp_path, op, err)
     events, console = [], []
@@ -171,6 +194,7 @@ def run_guest(tmp_path, op, err, policy, cmdline, heal_on_stop=False, reset_on_s
                     assert m.state == "paused", stop
                     time.sleep(0.5)          # stays paused while the error lasts
                     assert m.state == "paused"
+                    events.extend(more_events(qmp, "BLOCK_IO_ERROR"))
                     disk.heal()
                     m.resume()
                 m.wait(timeout=120)
@@ -201,6 +225,20 @@ def test_werror_stop_pauses_and_resume_retries(tmp_path):
     assert data["action"] == "stop" and data["operation"] == "write"
     assert data["nospace"] is False and data["reason"] == os.strerror(errno.EIO)
     assert "virtio-blk: failing write: OK" in console, console
+    assert "virtio-blk: retried write: 4096 bytes of 0xa5" in console, console
+    assert status == 33, console
+
+
+@needs_kvm
+@needs_nbdkit
+def test_werror_stop_keeps_the_request_until_resume(tmp_path):
+    # The guest notifies the queue in a loop while its write fails: the kept
+    # request is retried after resume only, so one error stops the machine
+    # (no retry per notification, no stream of BLOCK_IO_ERROR events).
+    status, console, events = run_guest(tmp_path, "pwrite", "EIO", "werror=stop",
+                                        "fail=write expect=ok wait=1 renotify=1",
+                                        heal_on_stop=True)
+    assert [e["data"]["action"] for e in events] == ["stop"], events
     assert "virtio-blk: retried write: 4096 bytes of 0xa5" in console, console
     assert status == 33, console
 

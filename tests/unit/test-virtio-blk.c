@@ -241,6 +241,53 @@ static void protocol_violations_break_the_device(void **state)
     expect_broken(f, "discard request (head 0): 20 payload bytes");
 }
 
+static void completion_marks_written_pages_dirty(void **state)
+{
+    struct fixture *f = *state;
+    header(f, VIRTIO_BLK_T_IN, 0, 16);
+    add(f, DATA + 3 * 4096, 8192, W);       /* two pages of read data */
+    add(f, STATUS, 1, W);
+    struct virtio_blk_request req;
+    uint16_t *avail = gp(f, AVAIL);
+    avail[2 + avail[1] % QSIZE] = 0;
+    avail[1]++;
+    struct vq_chain c;
+    assert_int_equal(virtqueue_pop(&f->vq, &c), 1);
+    assert_int_equal(virtio_blk_parse(&c, &f->lim, &req), VIRTIO_BLK_SUBMIT);
+    for (uint64_t p = 0; p < RAM / 4096; p++)
+        guest_memory_test_and_clear_dirty(&f->mem, p);
+    virtio_blk_mark_dirty(&f->mem, &c);
+    uint64_t data = (DATA + 3 * 4096) / 4096;
+    assert_true(guest_memory_test_and_clear_dirty(&f->mem, data));
+    assert_true(guest_memory_test_and_clear_dirty(&f->mem, data + 1));
+    assert_true(guest_memory_test_and_clear_dirty(&f->mem, STATUS / 4096));
+    assert_false(guest_memory_test_and_clear_dirty(&f->mem, HDR / 4096));   /* only read */
+    assert_false(guest_memory_test_and_clear_dirty(&f->mem, data + 2));
+    virtio_blk_request_clear(&req);
+}
+
+static void writes_are_fua_without_flush(void **state)
+{
+    struct fixture *f = *state;
+    virtio_blk_limits_negotiated(&f->lim, false, true);
+    assert_int_equal(f->lim.write_flags, 0);
+    virtio_blk_limits_negotiated(&f->lim, true, true);        /* cache=writethrough */
+    assert_int_equal(f->lim.write_flags, VMM_BLOCK_REQ_FUA);
+    virtio_blk_limits_negotiated(&f->lim, false, false);      /* driver without FLUSH */
+    assert_int_equal(f->lim.write_flags, VMM_BLOCK_REQ_FUA);
+    header(f, VIRTIO_BLK_T_OUT, 0, 16);
+    add(f, DATA, 512, 0);
+    add(f, STATUS, 1, W);
+    struct virtio_blk_request req;
+    assert_int_equal(parse(f, &req), VIRTIO_BLK_SUBMIT);
+    assert_int_equal(req.flags, VMM_BLOCK_REQ_FUA);
+    virtio_blk_request_clear(&req);
+    f->ndesc = 0;
+    header(f, VIRTIO_BLK_T_FLUSH, 0, 16);   /* not negotiated, served all the same */
+    add(f, STATUS, 1, W);
+    assert_int_equal(parse(f, &req), VIRTIO_BLK_SUBMIT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -251,6 +298,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(get_id_and_unknown_types, setup, teardown),
         cmocka_unit_test_setup_teardown(discard_and_write_zeroes, setup, teardown),
         cmocka_unit_test_setup_teardown(protocol_violations_break_the_device, setup, teardown),
+        cmocka_unit_test_setup_teardown(completion_marks_written_pages_dirty, setup, teardown),
+        cmocka_unit_test_setup_teardown(writes_are_fua_without_flush, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

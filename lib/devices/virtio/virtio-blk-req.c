@@ -208,3 +208,16 @@ void virtio_blk_request_clear(struct virtio_blk_request *req)
     req->iov = NULL;
     req->iovcnt = 0;
 }
+
+void virtio_blk_limits_negotiated(struct virtio_blk_limits *lim, bool writethrough,
+                                  bool flush_negotiated)
+{
+    /* FLUSH requests are still served (as QEMU does): they cost nothing. */
+    lim->write_flags = writethrough || !flush_negotiated ? VMM_BLOCK_REQ_FUA : 0;
+}
+
+void virtio_blk_mark_dirty(struct guest_memory *mem, const struct vq_chain *c)
+{
+    for (unsigned i = 0; i < c->in_count; i++)
+        guest_memory_mark_dirty(mem, c->in[i].gpa, c->in[i].len);
+}

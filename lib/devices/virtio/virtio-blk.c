@@ -9,6 +9,7 @@
  * request, pause the machine, retry on resume) and emit BLOCK_IO_ERROR. */
 #include <endian.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <string.h>
 #include "devices/virtio/virtio.h"
 #include "devices/virtio/virtio-blk.h"
@@ -42,6 +43,7 @@ struct virtio_blk {
     struct blk_inflight *retry;          /* failed with werror/rerror=stop, retried on resume */
     uint32_t to_notify;                  /* queues pushed since the last virtio_queue_done */
     bool listening;                      /* RESUME listener installed */
+    atomic_bool resumed;                 /* RESUME seen: the retry list may run */
 };
 
 static struct virtio_blk *blk_of(struct virtio_device *vdev)
@@ -99,6 +101,7 @@ static void push_status(struct virtio_blk *blk, unsigned q, const struct vq_chai
                         const struct virtio_blk_request *req, uint8_t status)
 {
     *req->status = status;
+    virtio_blk_mark_dirty(&virtio_machine(&blk->proxy.vdev)->mem, chain);
     virtio_push(&blk->proxy.vdev, q, chain, req->written);
     blk->to_notify |= 1u << q;
 }
@@ -164,6 +167,7 @@ static void report_io_error(struct virtio_blk *blk, const struct blk_inflight *r
                 e->device, e->operation, (unsigned long long)r->req.offset, e->action,
                 why && *why ? why : e->reason);
     GSource *src = g_idle_source_new();
+    g_source_set_priority(src, G_PRIORITY_DEFAULT);   /* busy queues must not delay the stop */
     g_source_set_callback(src, io_error_event_run, e, io_error_event_free);
     g_source_attach(src, m->io_context);
     g_source_unref(src);
@@ -175,7 +179,10 @@ static void request_failed(struct blk_inflight *r, int err, const char *why)
     enum blk_error_action action = r->req.type == VIRTIO_BLK_T_IN ? blk->rerror : blk->werror;
     report_io_error(blk, r, action, err, why);
     if (action == ACTION_STOP) {
-        list_add(&blk->retry, r);   /* resubmitted when the machine resumes */
+        /* Resubmitted after the next RESUME only, not on every notify:
+         * the machine is about to stop and the error is likely to last. */
+        atomic_store(&blk->resumed, false);
+        list_add(&blk->retry, r);
         return;
     }
     complete(r, action == ACTION_IGNORE ? VIRTIO_BLK_S_OK : VIRTIO_BLK_S_IOERR);
@@ -302,7 +309,10 @@ static void blk_queue_notify(struct virtio_device *vdev, unsigned q)
 {
     struct virtio_blk *blk = blk_of(vdev);
     watch_completions(blk);
-    retry_stopped(blk);
+    virtio_blk_limits_negotiated(&blk->limits, blk->drive->writethrough,
+                                 virtio_has_feature(vdev, VIRTIO_BLK_F_FLUSH));
+    if (atomic_exchange(&blk->resumed, false))
+        retry_stopped(blk);
     struct vq_chain c;
     while (virtio_pop(vdev, q, &c) > 0)
         if (!handle_chain(blk, q, &c))
@@ -334,8 +344,10 @@ static void blk_reset(struct virtio_device *vdev)
 static void on_machine_event(void *opaque, const struct vmm_event *ev)
 {
     struct virtio_blk *blk = opaque;
-    if (ev->type == VMM_EVENT_RESUME)
+    if (ev->type == VMM_EVENT_RESUME) {
+        atomic_store(&blk->resumed, true);
         virtio_queue_kick(&blk->proxy.vdev, 0);
+    }
 }
 
 static void blk_unrealize(struct virtio_device *vdev)

@@ -91,6 +91,13 @@ enum virtio_blk_verdict virtio_blk_parse(const struct vq_chain *c,
                                          const struct virtio_blk_limits *lim,
                                          struct virtio_blk_request *req);
 void virtio_blk_request_clear(struct virtio_blk_request *req);
+/* After negotiation: the write flags.  A driver without FLUSH assumes no
+ * volatile cache and never flushes, so its writes are FUA. */
+void virtio_blk_limits_negotiated(struct virtio_blk_limits *lim, bool writethrough,
+                                  bool flush_negotiated);
+/* Mark the chain's device-writable segments dirty (read data, GET_ID, the
+ * status byte: the device writes them through host pointers). */
+void virtio_blk_mark_dirty(struct guest_memory *mem, const struct vq_chain *c);
 
 struct device;
 /* Whether `dev` is a virtio-blk whose drive property names `id` (realized

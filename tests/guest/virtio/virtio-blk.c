@@ -9,7 +9,8 @@
  * cmdline: transport=pci|mmio; getid=1 serial=S (GET_ID must return S); mq=N;
  * ro=1 (the device must offer RO and fail writes with IOERR);
  * fail=write|read (the host makes that I/O fail: expect=ioerr|ok says what
- * the guest must see, wait=1 keeps waiting while the machine is stopped). */
+ * the guest must see, wait=1 keeps waiting while the machine is stopped,
+ * renotify=1 notifies the queue in a loop while waiting). */
 #include "vguest.h"
 
 #define VEC_CONFIG 0x29
@@ -79,6 +80,12 @@ static uint8_t run(unsigned q, uint16_t head, const char *what)
     irq_enable();
     unsigned waits = cmdline_u64("wait", 0) ? 30 : 1;
     bool done = false;
+    /* renotify=1: notify again and again until the answer comes (drivers
+     * may notify spuriously; a kept request must still wait for resume). */
+    bool renotify = cmdline_u64("renotify", 0);
+    for (unsigned long n = 0; renotify && n < 2000000ul &&
+                              *(volatile uint16_t *)&vq->used->idx == vq->last_used; n++)
+        vdev_notify(&dev, q);
     for (unsigned i = 0; i < waits && !done; i++)
         done = vq_wait_used(vq, &id, &len, WAIT_MS);
     for (unsigned t = 0; irqs && done && queue_irqs == before && t < 50000; t++)
