@@ -53,12 +53,36 @@ void virtio_config_changed(struct virtio_device *vdev)
 
 /* ---- queue events in the I/O thread ------------------------------------ */
 
+/* Rounds of one queue event before other sources get a turn. */
+#define QUEUE_ROUNDS 64
+
+static bool queue_runnable(const struct virtio_device *vdev, unsigned q)
+{
+    return !vdev->broken && (vdev->status & VIRTIO_STATUS_DRIVER_OK) && vdev->vqs[q].ready &&
+           vdev->ops->queue_notify;
+}
+
+/* Notifications stay off while the handler runs; once they are back on,
+ * buffers the driver added in the meantime (without a kick) get another
+ * round, so a busy driver exits less.  A round that takes nothing means
+ * the device waits for something else (backend room, a rate-limit
+ * period, frames to receive): its own event brings it back. */
 static void run_queue(struct virtio_device *vdev, unsigned q)
 {
-    if (vdev->broken || !(vdev->status & VIRTIO_STATUS_DRIVER_OK) || !vdev->vqs[q].ready)
-        return;
-    if (vdev->ops->queue_notify)
+    struct virtqueue *vq = &vdev->vqs[q];
+    for (unsigned round = 0; round < QUEUE_ROUNDS; round++) {
+        if (!queue_runnable(vdev, q))
+            return;
+        uint16_t before = vq->last_avail_idx;
+        virtqueue_set_notify(vq, false);
         vdev->ops->queue_notify(vdev, q);
+        if (!queue_runnable(vdev, q))
+            return;
+        virtqueue_set_notify(vq, true);
+        if (vq->last_avail_idx == before || !virtqueue_has_work(vq))
+            return;
+    }
+    virtio_queue_kick(vdev, q);
 }
 
 static gboolean queue_event_ready(gint fd, GIOCondition cond, gpointer opaque)
