@@ -36,8 +36,11 @@ static void drive_free(struct machine_drive *d)
     g_free(d);
 }
 
-struct machine_drive *machine_drive_insert(vmm_machine *m, const char *id, vmm_block *blk,
-                                           const char *filename, bool read_only)
+/* Every field is set before the drive is listed: once the lock is gone,
+ * another thread may claim or remove it. */
+static struct machine_drive *insert_drive(vmm_machine *m, const char *id, vmm_block *blk,
+                                          const char *filename, bool read_only,
+                                          bool discard_unmap, bool writethrough)
 {
     struct machine_drive *d = NULL;
     g_mutex_lock(&m->drives_lock);
@@ -52,6 +55,8 @@ struct machine_drive *machine_drive_insert(vmm_machine *m, const char *id, vmm_b
         d->driver = g_strdup(vmm_block_format(blk));
         d->filename = g_strdup(filename ? filename : "");
         d->read_only = read_only;
+        d->discard_unmap = discard_unmap;
+        d->writethrough = writethrough;
         d->blk = blk;
         m->drives = g_list_append(m->drives, d);
     }
@@ -62,6 +67,12 @@ struct machine_drive *machine_drive_insert(vmm_machine *m, const char *id, vmm_b
         vmm_set_error(EBUSY, "the image is drive '%s' already", owner_id);
     g_free(owner_id);
     return d;
+}
+
+struct machine_drive *machine_drive_insert(vmm_machine *m, const char *id, vmm_block *blk,
+                                           const char *filename, bool read_only)
+{
+    return insert_drive(m, id, blk, filename, read_only, false, false);
 }
 
 bool machine_drive_exists(vmm_machine *m, const char *id)
@@ -229,13 +240,8 @@ LIBVMM_EXPORT int vmm_machine_add_drive(vmm_machine *m, const char *spec)
     vmm_block *blk = NULL;
     if (ret == 0) {
         blk = vmm_block_open(d.file, d.format, d.open_flags | (d.read_only ? 0 : VMM_BLOCK_RDWR));
-        struct machine_drive *drive = blk ? machine_drive_insert(m, d.id, blk, d.file, d.read_only)
-                                          : NULL;
-        if (drive) {
-            drive->discard_unmap = d.discard_unmap;   /* before any device can claim it */
-            drive->writethrough = d.writethrough;
-        }
-        ret = drive ? 0 : -1;
+        ret = blk && insert_drive(m, d.id, blk, d.file, d.read_only, d.discard_unmap,
+                                  d.writethrough) ? 0 : -1;
     }
     if (ret < 0 && blk)
         vmm_block_close(blk);
