@@ -144,10 +144,19 @@ static bool deliver(struct net_queue *q, const uint8_t *frame, size_t len)
 {
     struct net_backend *nb = q->nb;
     struct iovec iov = { (void *)frame, len };
+    pthread_mutex_lock(&nb->lock);
+    unsigned stops = q->stops;
+    pthread_mutex_unlock(&nb->lock);
     ssize_t r = nb->peer.receive(nb->peer.opaque, q->index, &iov, 1);
     if (r != 0)
         return true;                   /* taken, or dropped as bad */
     pthread_mutex_lock(&nb->lock);
+    if (q->stops != stops) {
+        /* The NIC reset meanwhile (rx_stop): the frame is from before it,
+         * and polling is the next rx_ready's business. */
+        pthread_mutex_unlock(&nb->lock);
+        return false;
+    }
     if (frame != q->held) {
         if (!q->held)
             q->held = malloc(NET_MAX_FRAME);
@@ -172,12 +181,20 @@ static gboolean rx_frames(struct net_queue *q)
     struct net_backend *nb = q->nb;
     for (unsigned i = 0; i < RX_BATCH && q->rx_wanted; i++) {
         ssize_t n = nb->ops->recv(nb, q->index, nb->buf, NET_MAX_FRAME);
-        if (n <= 0) {
-            if (n < 0)
-                vmm_log(VMM_LOG_WARNING, "net", "%s: queue %u: %s", nb->id, q->index,
-                        vmm_get_error());
-            break;
+        if (n < 0) {
+            /* E.g. EBADFD: the interface was deleted or the queue detached.
+             * The fd stays readable (POLLERR): stop until the NIC asks
+             * again, or the I/O thread would spin on it. */
+            vmm_log(VMM_LOG_WARNING, "net", "%s: queue %u: %s; receiving stopped", nb->id,
+                    q->index, vmm_get_error());
+            pthread_mutex_lock(&nb->lock);
+            q->rx_wanted = false;
+            destroy_source(&q->rx_source);
+            pthread_mutex_unlock(&nb->lock);
+            return G_SOURCE_REMOVE;
         }
+        if (n == 0)
+            break;
         if (!deliver(q, nb->buf, (size_t)n))
             return G_SOURCE_REMOVE;     /* deliver() dropped our source */
     }
@@ -186,14 +203,25 @@ static gboolean rx_frames(struct net_queue *q)
 
 static gboolean tx_room(struct net_queue *q);
 
-/* One callback for both watches of a queue: readable (G_IO_IN) or
- * writable again (G_IO_OUT). */
-static gboolean queue_fd_ready(gint fd, GIOCondition cond, gpointer opaque)
+/* The queue's fd is readable (or in error: the read says which). */
+static gboolean rx_fd_ready(gint fd, GIOCondition cond, gpointer opaque)
 {
     (void)fd;
+    (void)cond;
     if (g_source_is_destroyed(g_main_current_source()))
         return G_SOURCE_REMOVE;
-    return (cond & G_IO_OUT) ? tx_room(opaque) : rx_frames(opaque);
+    return rx_frames(opaque);
+}
+
+/* Writable again, or in error: either way the NIC retries (an error then
+ * drops the frame instead of waiting for room). */
+static gboolean tx_fd_ready(gint fd, GIOCondition cond, gpointer opaque)
+{
+    (void)fd;
+    (void)cond;
+    if (g_source_is_destroyed(g_main_current_source()))
+        return G_SOURCE_REMOVE;
+    return tx_room(opaque);
 }
 
 /* Watch the queue's fd for `cond` in the I/O thread (nb->lock held). */
@@ -204,7 +232,8 @@ static void watch(struct net_queue *q, GSource **src, GIOCondition cond)
     if (*src || fd < 0 || !nb->m->io_context)
         return;
     *src = g_unix_fd_source_new(fd, cond);
-    g_source_set_callback(*src, (GSourceFunc)(void (*)(void))queue_fd_ready, q, NULL);
+    GUnixFDSourceFunc fn = cond & G_IO_OUT ? tx_fd_ready : rx_fd_ready;
+    g_source_set_callback(*src, (GSourceFunc)(void (*)(void))fn, q, NULL);
     g_source_attach(*src, nb->m->io_context);
 }
 
@@ -216,16 +245,14 @@ static gboolean rx_resume(gpointer opaque)
     pthread_mutex_lock(&nb->lock);
     bool go = q->rx_wanted && nb->peer_attached;
     size_t held_len = go ? q->held_len : 0;
-    if (go)
-        q->held_len = 0;
     pthread_mutex_unlock(&nb->lock);
-    if (go && held_len && !deliver(q, q->held, held_len)) {
-        pthread_mutex_lock(&nb->lock);
-        q->held_len = held_len;        /* still no room: keep it */
-        pthread_mutex_unlock(&nb->lock);
-        return G_SOURCE_REMOVE;
-    }
+    /* held_len stays set while the NIC looks at the frame: a reset
+     * meanwhile (rx_stop) clears it, and no stale frame comes back. */
+    if (go && held_len && !deliver(q, q->held, held_len))
+        return G_SOURCE_REMOVE;        /* still no room (or reset): deliver() decided */
     pthread_mutex_lock(&nb->lock);
+    if (go && held_len)
+        q->held_len = 0;               /* taken */
     if (q->rx_wanted && nb->peer_attached)
         watch(q, &q->rx_source, G_IO_IN);
     pthread_mutex_unlock(&nb->lock);
@@ -256,6 +283,7 @@ void net_backend_rx_stop(struct net_backend *nb, unsigned q)
     pthread_mutex_lock(&nb->lock);
     nb->q[q].rx_wanted = false;
     nb->q[q].held_len = 0;
+    nb->q[q].stops++;
     destroy_source(&nb->q[q].rx_source);
     pthread_mutex_unlock(&nb->lock);
 }

@@ -97,6 +97,7 @@ struct net_queue {
     uint8_t *held;                 /* a frame the peer could not take yet */
     size_t held_len;
     bool rx_wanted;                /* the peer wants frames (set by rx_ready) */
+    unsigned stops;                /* rx_stop calls: a frame from before one is not held */
 };
 
 struct net_backend {

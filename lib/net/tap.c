@@ -129,6 +129,15 @@ static int open_ifname(struct net_tap *t, bool vnet_hdr)
         if (ioctl(fd, TUNSETIFF, &ifr) < 0)
             return vmm_set_error_errno("tap: ifname=%s: TUNSETIFF%s", t->ifname,
                                        t->queues > 1 ? " (multiqueue)" : "");
+        if (i == 0 && strcmp(ifr.ifr_name, t->ifname)) {
+            /* A template ("tap%d", or empty): the kernel chose the name;
+             * the other queues must join that interface, not make more. */
+            char *name = strdup(ifr.ifr_name);
+            if (!name)
+                return vmm_set_error(ENOMEM, "out of memory");
+            free(t->ifname);
+            t->ifname = name;
+        }
     }
     t->nb.vnet_hdr = vnet_hdr;
     return 0;

@@ -232,6 +232,18 @@ def test_frame_held_until_rx_buffers_come(ns, transport, machine, device):
                      [r"^virtio-net: starve: the ARP reply waited for RX buffers and arrived$"])
 
 
+def test_merged_frame_waits_for_buffers_added_one_by_one(ns):
+    """EVENT_IDX: a frame needing three merged buffers finds one; the device
+    must ask to be notified about buffers beyond those already posted
+    (avail_event = the avail index, not last_avail_idx), since the guest
+    notifies only when avail_event asks, as Linux does."""
+    ns.tap()
+    guest_round_trip(ns, "transport=pci partial=on", "pc", "tap,id=n0,ifname=tap0",
+                     "virtio-net-pci,netdev=n0",
+                     [r"^virtio-net: partial: two more RX buffers posted one at a time$",
+                      r"arrived in 3 merged buffers"])
+
+
 def tso_round_trip(ns, run_guest, reply=0, expect=()):
     tcp = tcp_listener(ns, 9998, 4000, reply)
     try:
@@ -347,6 +359,27 @@ def test_multiqueue_ifname(ns):
                      "virtio-net-pci,netdev=n0,mq=on",
                      [r"^virtio-net: mq: 2 pairs offered, 2 in use$",
                       r"^virtio-net: pair 1: ICMP echo reply seq 2"])
+
+
+def test_multiqueue_ifname_template(ns):
+    """ifname=vmq%d with queues=2: the kernel names the interface at the
+    first TUNSETIFF; the second queue must join it, not create vmq1."""
+    cmd = ns.exec(VMM_RUN, "--kernel", os.path.join(BUILD, "tests", "guest", "pio-loop.elf"),
+                  "--append", "count=100000000", "--serial", "none",
+                  "--machine", "pc", "--netdev", "tap,id=n0,ifname=vmq%d,queues=2",
+                  "--device", "virtio-net-pci,netdev=n0,mq=on")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):
+            if "vmq" in ns.ip("-o", "link", "show").stdout:
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)
+        links = re.findall(r"^\d+: (vmq\d+)", ns.ip("-o", "link", "show").stdout, re.M)
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+    assert links == ["vmq0"], (links, err)
 
 
 def test_multiqueue_fds(ns):
@@ -503,6 +536,29 @@ def test_vmm_run_and_qmp_set_link(ns, tmp_path, machine, device, transport):
                     r"^virtio-net: link up \(config interrupt\)$",
                     r"^virtio-net: pair 0: ICMP echo reply seq 3", r"^virtio-net: ok$"):
         assert re.search(pattern, out, re.M), pattern
+
+
+def test_tap_deleted_under_a_running_guest(ns):
+    """The host deletes the tap while the guest waits: reads fail with
+    EBADFD and the fd polls as POLLERR forever; the backend stops reading
+    (one warning) instead of spinning in the I/O thread (one per wakeup)."""
+    ns.tap()
+    cmd = ns.exec(VMM_RUN, "--kernel", GUEST, "--machine", "pc", "--append",
+                  "transport=pci link=watch", "--serial", "stdio",
+                  "--device", "isa-debug-exit,iobase=0xf4,iosize=4",
+                  "--netdev", "tap,id=n0,ifname=tap0", "--device", "virtio-net-pci,netdev=n0")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        read_until(proc, r"waiting for the link to go down")
+        ns.ip("link", "del", "tap0")
+        time.sleep(1)
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+    reads = [line for line in err.splitlines() if "read:" in line]
+    assert len(reads) == 1, err[-2000:]
+    assert "receiving stopped" in reads[0]
 
 
 def test_qmp_set_link_errors_and_info_network(ns, tmp_path):

@@ -364,6 +364,39 @@ static void test_event_idx(void **state)
     assert_int_equal(avail_event, f->vq.last_avail_idx);
 }
 
+/* A merged receive frame: elements first, one used index update for all
+ * (virtio-net); avail_event past chains handed back unpopped. */
+static void test_fill_flush_and_notify_on_more(void **state)
+{
+    struct fixture *f = *state;
+    struct vq_chain c[3];
+    for (uint16_t i = 0; i < 3; i++) {
+        set_desc(f, DESC, i, BUF + 64 * i, 64, VIRTQ_DESC_F_WRITE, 0);
+        post(f, i);
+        assert_int_equal(virtqueue_pop(&f->vq, &c[i]), 1);
+    }
+    for (unsigned i = 0; i < 3; i++) {
+        virtqueue_fill(&f->vq, &c[i], 1000, i);     /* clamped to 64 */
+        assert_int_equal(used(f)[1], 0);            /* nothing visible yet */
+    }
+    virtqueue_flush(&f->vq, 3);
+    assert_int_equal(used(f)[1], 3);
+    for (unsigned i = 0; i < 3; i++) {
+        uint32_t e[2];
+        memcpy(e, gp(f, USED + 4 + 8 * i), 8);
+        assert_int_equal(e[0], i);
+        assert_int_equal(e[1], 64);
+    }
+    f->vq.event_idx = true;
+    post(f, 0);
+    post(f, 1);
+    f->vq.last_avail_idx = 3;                       /* both seen, handed back */
+    virtqueue_notify_on_more(&f->vq);
+    uint16_t avail_event;
+    memcpy(&avail_event, gp(f, USED + 4 + 8 * QSIZE), 2);
+    assert_int_equal(avail_event, 5);
+}
+
 static void test_index_wraps(void **state)
 {
     struct fixture *f = *state;
@@ -495,6 +528,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_enable_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notify_flags, setup, teardown),
         cmocka_unit_test_setup_teardown(test_event_idx, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fill_flush_and_notify_on_more, setup, teardown),
         cmocka_unit_test_setup_teardown(test_index_wraps, setup, teardown),
         cmocka_unit_test_setup_teardown(test_not_ready, setup, teardown),
         cmocka_unit_test(test_state_roundtrip),

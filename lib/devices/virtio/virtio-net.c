@@ -97,6 +97,8 @@ static bool rx_header(struct virtio_net *n, struct rx_frame *f)
     if (n->nb->vnet_hdr)
         net_iov_copy_out(f->iov, f->iovcnt, 0, &f->hdr, offsetof(struct virtio_net_hdr, num_buffers));
     uint8_t gso = f->hdr.gso_type & (uint8_t)~VIRTIO_NET_HDR_GSO_ECN;
+    if (!has(n, VIRTIO_NET_F_GUEST_CSUM))
+        f->hdr.flags &= (uint8_t)~VIRTIO_NET_HDR_F_DATA_VALID;   /* §5.1.6.4.1: flags zero */
     if ((f->hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) && !has(n, VIRTIO_NET_F_GUEST_CSUM))
         return false;
     if (gso == VIRTIO_NET_HDR_GSO_NONE)
@@ -213,13 +215,19 @@ static int rx_place(struct virtio_net *n, unsigned q, struct rx_frame *f)
     return (int)count;
 }
 
+/* All chains of the frame with one used index update: a driver polling
+ * the ring must never see the first buffer (num_buffers = N) before the
+ * other N - 1 are there. */
 static void rx_publish(struct virtio_net *n, unsigned q, unsigned count)
 {
     struct virtio_device *vdev = &n->proxy.vdev;
+    if (vdev->broken)
+        return;
     for (unsigned i = 0; i < count; i++) {
         struct vq_chain c = { .head = n->rx_elems[i].head, .in_bytes = n->rx_elems[i].in_bytes };
-        virtio_push(vdev, q, &c, n->rx_elems[i].len);
+        virtqueue_fill(&vdev->vqs[q], &c, n->rx_elems[i].len, i);
     }
+    virtqueue_flush(&vdev->vqs[q], count);
     virtio_queue_done(vdev, q);
 }
 
@@ -255,9 +263,12 @@ static ssize_t receive_locked(struct virtio_net *n, unsigned pair, const struct 
             rx_publish(n, 2 * pair, (unsigned)r);
             return (ssize_t)total;
         }
-        /* No room: ask for a kick, then look once more (the driver may
-         * have added buffers before it saw the request). */
-        virtqueue_set_notify(vq, true);
+        /* No room: ask for a kick when the driver adds buffers beyond
+         * those it has posted now (a merged frame may have found some, but
+         * not enough: avail_event at last_avail_idx would not ask for the
+         * next ones), then look once more (the driver may have added
+         * buffers before it saw the request). */
+        virtqueue_notify_on_more(vq);
         if (!virtqueue_has_work(vq))
             break;
     }
@@ -609,40 +620,48 @@ static uint64_t instance_features(const struct virtio_net *n)
            if_set(n->ctrl_vq && n->max_pairs > 1, BIT(MQ));
 }
 
-static int check_config(struct virtio_net *n)
+static int check_config(struct virtio_net *n, struct net_backend **out)
 {
     if (!n->netdev)
         return vmm_set_error(EINVAL, "netdev=ID is required (see --netdev / vmm_machine_add_netdev)");
-    n->nb = net_backend_find(virtio_machine(&n->proxy.vdev), n->netdev);
-    if (!n->nb)
+    /* n->nb stays NULL until attached: a failed realize unrealizes, and
+     * must not detach the NIC that has this netdev. */
+    struct net_backend *nb = net_backend_find(virtio_machine(&n->proxy.vdev), n->netdev);
+    if (!nb)
         return vmm_set_error(ENOENT, "netdev: no netdev with id '%s'", n->netdev);
     if (n->queue_size < 16 || n->queue_size > 1024 || (n->queue_size & (n->queue_size - 1)))
         return vmm_set_error(EINVAL, "queue-size: %u is not a power of two from 16 to 1024",
                              n->queue_size);
-    if (n->nb->queues > 1 && !n->mq)
+    if (nb->queues > 1 && !n->mq)
         return vmm_set_error(EINVAL, "netdev '%s' has %u queues: set mq=on", n->netdev,
-                             n->nb->queues);
-    if (n->nb->queues > MAX_PAIRS)
+                             nb->queues);
+    if (nb->queues > MAX_PAIRS)
         return vmm_set_error(EINVAL, "netdev '%s' has %u queues; at most %u", n->netdev,
-                             n->nb->queues, MAX_PAIRS);
+                             nb->queues, MAX_PAIRS);
     if (n->mq && !n->ctrl_vq)
         return vmm_set_error(EINVAL, "mq=on needs ctrl_vq=on");
-    if (n->mac_opt)
-        return parse_mac(n->mac_opt, n->mac_default);
-    default_mac(n->netdev, n->mac_default);
+    if (n->mac_opt && parse_mac(n->mac_opt, n->mac_default) < 0)
+        return -1;
+    if (!n->mac_opt)
+        default_mac(n->netdev, n->mac_default);
+    *out = nb;
     return 0;
 }
 
 static int net_realize(struct virtio_device *vdev)
 {
     struct virtio_net *n = net_of(vdev);
-    if (check_config(n) < 0)
+    struct net_backend *nb = NULL;
+    if (check_config(n, &nb) < 0)
         return -1;
-    n->max_pairs = n->mq ? n->nb->queues : 1;
+    n->nb = nb;      /* for instance_features; cleared again unless attached */
+    n->max_pairs = n->mq ? nb->queues : 1;
     n->rx_elems = calloc(n->queue_size, sizeof(*n->rx_elems));
     n->tx_buf = malloc(NET_MAX_FRAME);
-    if (!n->rx_elems || !n->tx_buf)
+    if (!n->rx_elems || !n->tx_buf) {
+        n->nb = NULL;
         return vmm_set_error(ENOMEM, "out of memory");
+    }
     vdev->num_queues = 2 * n->max_pairs + (n->ctrl_vq ? 1 : 0);
     for (unsigned i = 0; i < vdev->num_queues; i++) {
         vdev->vqs[i].max_size = (uint16_t)n->queue_size;

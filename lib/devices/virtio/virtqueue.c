@@ -232,21 +232,34 @@ int virtqueue_pop(struct virtqueue *vq, struct vq_chain *chain)
     return 1;
 }
 
-void virtqueue_push(struct virtqueue *vq, const struct vq_chain *chain, uint32_t written)
+void virtqueue_fill(struct virtqueue *vq, const struct vq_chain *chain, uint32_t written,
+                    unsigned offset)
 {
     if (!vq->ready)
         return;
     if (written > chain->in_bytes)
         written = (uint32_t)chain->in_bytes;
-    unsigned slot = vq->used_idx % vq->size;
+    unsigned slot = (uint16_t)(vq->used_idx + offset) % vq->size;
     volatile uint8_t *elem = (volatile uint8_t *)vq->used + 4 + 8u * slot;
     uint32_t id = chain->head;
     memcpy((void *)elem, &id, 4);
     memcpy((void *)(elem + 4), &written, 4);
-    vq->used_idx++;
-    store16(&vq->used[1], vq->used_idx);
     guest_memory_mark_dirty(vq->mem, vq->used_gpa + 4 + 8u * slot, 8);
+}
+
+void virtqueue_flush(struct virtqueue *vq, unsigned count)
+{
+    if (!vq->ready)
+        return;
+    vq->used_idx = (uint16_t)(vq->used_idx + count);
+    store16(&vq->used[1], vq->used_idx);
     guest_memory_mark_dirty(vq->mem, vq->used_gpa + 2, 2);
+}
+
+void virtqueue_push(struct virtqueue *vq, const struct vq_chain *chain, uint32_t written)
+{
+    virtqueue_fill(vq, chain, written, 0);
+    virtqueue_flush(vq, 1);
 }
 
 bool virtqueue_should_notify(struct virtqueue *vq)
@@ -265,6 +278,19 @@ bool virtqueue_should_notify(struct virtqueue *vq)
     uint16_t event = load16(&vq->avail[2 + vq->size]);
     /* vring_need_event: did used_idx pass `event` since the last signal? */
     return (uint16_t)(now - event - 1) < (uint16_t)(now - old);
+}
+
+void virtqueue_notify_on_more(struct virtqueue *vq)
+{
+    if (!vq->ready)
+        return;
+    if (!vq->event_idx) {
+        virtqueue_set_notify(vq, true);
+        return;
+    }
+    store16(&vq->used[2 + 4 * vq->size], load16(&vq->avail[1]));
+    guest_memory_mark_dirty(vq->mem, vq->used_gpa + 4 + 8ull * vq->size, 2);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
 
 void virtqueue_set_notify(struct virtqueue *vq, bool enable)

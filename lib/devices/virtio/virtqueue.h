@@ -94,6 +94,12 @@ int virtqueue_pop(struct virtqueue *vq, struct vq_chain *chain);
 /* Return a chain to the driver with `written` bytes written into its `in`
  * segments (clamped to what the chain offered); marks them dirty. */
 void virtqueue_push(struct virtqueue *vq, const struct vq_chain *chain, uint32_t written);
+/* Several chains as one unit (a frame in merged receive buffers): write
+ * the used element `offset` places after the used index, then publish
+ * `count` of them with one index update, so the driver never sees a part. */
+void virtqueue_fill(struct virtqueue *vq, const struct vq_chain *chain, uint32_t written,
+                    unsigned offset);
+void virtqueue_flush(struct virtqueue *vq, unsigned count);
 /* After pushes: does the driver want an interrupt (flags or used_event)? */
 bool virtqueue_should_notify(struct virtqueue *vq);
 /* Copy `len` bytes into the chain's writable segments; returns bytes copied. */
@@ -110,5 +116,9 @@ void vq_chain_free(struct vq_chain *chain);
 bool virtqueue_has_work(struct virtqueue *vq);
 /* EVENT_IDX: ask for a notification when the driver adds beyond what we saw. */
 void virtqueue_set_notify(struct virtqueue *vq, bool enable);
+/* EVENT_IDX: ask for a notification when the driver adds beyond what it has
+ * made available now, popped or not (a receive frame waits for more buffers
+ * than the ring holds); without EVENT_IDX the same as set_notify(true). */
+void virtqueue_notify_on_more(struct virtqueue *vq);
 
 #endif
