@@ -425,6 +425,23 @@ static void maybe_grow_pool(vmm_block *blk)
         blk->nthreads++;
 }
 
+/* Take a request that no worker picked up out of the queue (lock held). */
+static void unlink_queued(vmm_block *blk, struct req *rq)
+{
+    struct req *prev = NULL;
+    for (struct req *q = blk->queue_head; q; prev = q, q = q->next) {
+        if (q != rq)
+            continue;
+        if (prev)
+            prev->next = q->next;
+        else
+            blk->queue_head = q->next;
+        if (blk->queue_tail == q)
+            blk->queue_tail = prev;
+        return;
+    }
+}
+
 LIBVMM_EXPORT int vmm_block_submit(vmm_block *blk, const struct vmm_block_request *req)
 {
     if (!blk || !req || req->size < sizeof(*req))
@@ -459,7 +476,12 @@ LIBVMM_EXPORT int vmm_block_submit(vmm_block *blk, const struct vmm_block_reques
     blk->inflight++;
     maybe_grow_pool(blk);
     if (blk->nthreads == 0) {
+        /* Nobody will run it: the caller keeps the request. */
+        unlink_queued(blk, rq);
+        blk->inflight--;
         pthread_mutex_unlock(&blk->lock);
+        free(rq->iov);
+        free(rq);
         return vmm_set_error(EAGAIN, "vmm_block_submit: cannot start a worker thread");
     }
     if (blk->idle_threads)

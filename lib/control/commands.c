@@ -594,15 +594,13 @@ static JsonNode *cmd_blockdev_add(struct control *ctl, JsonObject *args, struct 
     g_string_free(spec, TRUE);
     if (!blk)
         return NULL;
-    struct machine_drive *drive = machine_drive_insert(ctl->m, name, blk, node_filename(args),
-                                                       read_only);
-    if (!drive) {
+    const char *discard = opt_str(args, "discard");
+    bool unmap = discard && (!strcmp(discard, "unmap") || !strcmp(discard, "on"));
+    if (!machine_drive_insert(ctl->m, name, blk, node_filename(args), read_only, unmap)) {
         vmm_block_close(blk);
         api_error(r);
         return NULL;
     }
-    const char *discard = opt_str(args, "discard");
-    drive->discard_unmap = discard && (!strcmp(discard, "unmap") || !strcmp(discard, "on"));
     return empty_return();
 }
 

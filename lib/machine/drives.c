@@ -70,9 +70,10 @@ static struct machine_drive *insert_drive(vmm_machine *m, const char *id, vmm_bl
 }
 
 struct machine_drive *machine_drive_insert(vmm_machine *m, const char *id, vmm_block *blk,
-                                           const char *filename, bool read_only)
+                                           const char *filename, bool read_only,
+                                           bool discard_unmap)
 {
-    return insert_drive(m, id, blk, filename, read_only, false, false);
+    return insert_drive(m, id, blk, filename, read_only, discard_unmap, false);
 }
 
 bool machine_drive_exists(vmm_machine *m, const char *id)
@@ -255,7 +256,7 @@ LIBVMM_EXPORT int vmm_machine_add_block(vmm_machine *m, const char *id, vmm_bloc
     vmm_clear_error();
     if (!m || !id || !*id || !blk)
         return vmm_set_error(EINVAL, "vmm_machine_add_block: machine, id and image are required");
-    if (!machine_drive_insert(m, id, blk, NULL, read_only != 0))
+    if (!machine_drive_insert(m, id, blk, NULL, read_only != 0, false))
         return vmm_error_prefix("vmm_machine_add_block");
     return 0;
 }

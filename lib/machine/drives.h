@@ -22,9 +22,11 @@ struct machine_drive {
 };
 
 /* Add an open image under `id` (EEXIST when taken); on success the machine
- * owns blk, on failure the caller does. */
+ * owns blk, on failure the caller does.  Every option is set before the
+ * drive is listed. */
 struct machine_drive *machine_drive_insert(vmm_machine *m, const char *id, vmm_block *blk,
-                                           const char *filename, bool read_only);
+                                           const char *filename, bool read_only,
+                                           bool discard_unmap);
 bool machine_drive_exists(vmm_machine *m, const char *id);
 /* A device takes the drive (ENOENT: none, EBUSY: another device has it). */
 struct machine_drive *machine_drive_claim(vmm_machine *m, const char *id, struct device *user);

@@ -139,14 +139,18 @@ class FailingDisk:
         self.sock = str(tmp_path / "nbd.sock")
         self.trigger = str(tmp_path / "fail-now")
         open(self.trigger, "w").close()
+        pid_file = str(tmp_path / "nbdkit.pid")
         self.proc = subprocess.Popen([
-            "nbdkit", "-f", "--exit-with-parent", "-U", self.sock, "--filter=error",
-            "memory", "4M", f"error-{op}={err}", f"error-{op}-rate=100%",
+            "nbdkit", "-f", "--exit-with-parent", "-U", self.sock, "-P", pid_file,
+            "--filter=error", "memory", "4M", f"error-{op}={err}", f"error-{op}-rate=100%",
             f"error-{op}-file={self.trigger}"])
-        for _ in range(100):
-            if os.path.exists(self.sock):
+        # nbdkit writes its pid file once it accepts connections (the socket
+        # file exists a little earlier, between bind and listen).
+        for _ in range(400):
+            if os.path.exists(pid_file) or self.proc.poll() is not None:
                 break
             time.sleep(0.05)
+        assert os.path.exists(pid_file), "nbdkit did not start"
 
     def heal(self):
         os.unlink(self.trigger)

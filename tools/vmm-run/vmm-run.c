@@ -419,18 +419,18 @@ static void set_machine_properties(vmm_machine *m, const char *spec)
 {
     for (const char *p = strchr(spec, ','); p; p = strchr(p, ',')) {
         p++;
-        char *pair = strndup(p, strcspn(p, ","));
-        char *eq = pair ? strchr(pair, '=') : NULL;
+        char pair[1024];
+        snprintf(pair, sizeof(pair), "%.*s", (int)strcspn(p, ","), p);
+        char *eq = strchr(pair, '=');
         if (!eq) {
             vmm_machine_free(m);
-            die("--machine %s: '%s' is not KEY=VALUE", spec, pair ? pair : "");
+            die("--machine %s: '%s' is not KEY=VALUE", spec, pair);
         }
         *eq = '\0';
         if (vmm_machine_set(m, pair, eq + 1) < 0) {
             vmm_machine_free(m);
             die("--machine %s: %s", spec, vmm_get_error());
         }
-        free(pair);
     }
 }
 
