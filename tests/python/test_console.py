@@ -196,6 +196,30 @@ def test_a_guest_toggling_its_port_gets_one_report_a_second(tmp_path):
 
 
 @needs_kvm
+def test_a_host_hanging_up_on_a_full_port_returns_every_buffer(tmp_path):
+    """The guest queues 8 x 64 KiB on its port; the host never reads (the
+    device holds a partly written buffer, the rest wait in the ring) and hangs
+    up: the held buffer and all those behind it come back to the guest."""
+    path = str(tmp_path / "port.sock")
+    r, w = os.pipe()
+    try:
+        with console_machine("socket,id=port,path=%s,server=on,wait=off" % path, w, [],
+                             cmdline="transport=pci hangup=1") as m:
+            m.start()
+            with connect_unix(path, 30, required=True):
+                deadline = time.monotonic() + 30
+                while "x 64 KiB posted" not in m.console and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                time.sleep(1)   # let the device fill the socket and hold a buffer
+            m.wait(timeout=60)
+            assert m.exit_code == 33, m.console
+            assert "hangup: all 8 buffers returned" in m.console
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@needs_kvm
 def test_a_device_reset_reports_the_open_port_closed(tmp_path):
     _, _, changes, serial = serve_port(tmp_path, "transport=pci reset_open=1 linger_ms=1500")
     assert "device reset with the port open" in serial

@@ -491,10 +491,14 @@ static void port_event(void *opaque, enum chardev_event ev)
     pthread_mutex_lock(&vc->proxy.pci.dev.lock);
     p->host_open = ev == CHARDEV_OPENED;
     if (!p->host_open && p->tx_chain) {
-        finish_tx(vc, rx_queue(p->nr) + 1, p->tx_chain);   /* the rest goes nowhere */
+        unsigned q = rx_queue(p->nr) + 1;
+        finish_tx(vc, q, p->tx_chain);   /* the rest goes nowhere */
         vq_chain_free(p->tx_chain);
         p->tx_chain = NULL;
-        virtio_queue_done(&vc->proxy.vdev, rx_queue(p->nr) + 1);
+        virtio_queue_done(&vc->proxy.vdev, q);
+        /* The chains behind it waited for write_ready, which will not come
+         * now (the connection and its buffer are gone): drop them too. */
+        virtio_queue_kick(&vc->proxy.vdev, q);
     }
     if (p->ready) {
         queue_ctrl(p, PEND_OPEN);

@@ -11,7 +11,8 @@
  * in 4 KiB writes (the host stops reading for a while: each write must
  * wait, not be lost); linger_ms=N: run N ms after closing the port;
  * reset_open=1: close it by resetting the device instead; toggle=N: open
- * and close the port N times before the round trip;
+ * and close the port N times before the round trip; hangup=1: only fill the
+ * port's transmitq while the host does not read, until it hangs up;
  * evil=1 first sends bogus control messages
  * (short, unknown port, unknown event) and a receive buffer too short for
  * a control message, then a device-writable transmit buffer: each must end
@@ -239,6 +240,24 @@ static void write_bulk(unsigned nr, uint64_t kib)
     printf("virtio-console: bulk: %lu KiB written\n", (unsigned long)(kib / 4 * 4));
 }
 
+/* hangup=1: fill every transmit slot with 64 KiB at once, more than the
+ * host's socket takes; the host never reads and hangs up: every buffer must
+ * come back (the ones behind the one the device was writing too), whether
+ * the device notices the hangup writing or reading (a receive buffer is
+ * posted, so it reads). */
+static void hangup_while_full(unsigned nr)
+{
+    static uint8_t flood[65536];
+    memset(flood, 'h', sizeof(flood));
+    post(rxq(nr), 0, rx_buf, sizeof(rx_buf), true);   /* the device reads the socket too */
+    for (unsigned slot = 0; slot < VQ_SIZE; slot++)
+        post(rxq(nr) + 1, slot, flood, sizeof(flood), false);
+    printf("virtio-console: hangup: %u x 64 KiB posted\n", (unsigned)VQ_SIZE);
+    for (unsigned i = 0; i < VQ_SIZE; i++)
+        wait_used(rxq(nr) + 1, 10000, "transmit buffer after the host hung up");
+    printf("virtio-console: hangup: all %u buffers returned\n", (unsigned)VQ_SIZE);
+}
+
 /* Collect one line from the host (it may come in pieces). */
 static void read_line(unsigned nr, char *line, unsigned cap)
 {
@@ -320,6 +339,12 @@ int main(const struct hvm_start_info *si)
     int np = named_port();
     printf("virtio-console: handshake done, %s is port %d\n", PORT_NAME, np);
 
+    if (cmdline_u64("hangup", 0)) {
+        send_ctrl((uint32_t)np, PORT_OPEN, 1);
+        hangup_while_full((unsigned)np);
+        printf("virtio-console: ok\n");
+        return 0;
+    }
     /* toggle=N: open and close the port N times first (a guest flooding
      * the host with VSERPORT_CHANGE; the host reports one a second). */
     for (uint64_t i = 0, n = cmdline_u64("toggle", 0); i < n; i++) {
