@@ -35,7 +35,8 @@ struct chardev {
     bool resume_queued;
     unsigned accept_seq;           /* bumped by every accept_input */
     bool want_write_ready;
-    GSource *in_src, *out_src, *listen_src, *retry_src;
+    GSource *in_src, *out_src, *listen_src;
+    GSource *retry_src;            /* client: reconnect; server: listen again after EMFILE */
     size_t out_len;
     uint8_t out_buf[CHARDEV_OUT_BUF];
     const struct chardev_frontend *fe;
@@ -176,13 +177,46 @@ static void peer_gone(struct chardev *chr)
     }
 }
 
+static gboolean listen_again(gpointer opaque)
+{
+    struct chardev *chr = opaque;
+    pthread_mutex_lock(&chr->lock);
+    g_source_unref(chr->retry_src);
+    chr->retry_src = NULL;
+    watch_listen(chr);
+    pthread_mutex_unlock(&chr->lock);
+    return G_SOURCE_REMOVE;
+}
+
+/* accept() failed for want of resources (EMFILE, ENFILE, ENOBUFS...): the
+ * client stays in the backlog and the socket readable, so retrying at once
+ * would spin the I/O thread.  Stop watching and look again in a second. */
+static void accept_failed(struct chardev *chr, int err)
+{
+    vmm_log(VMM_LOG_WARNING, "chardev", "%s: cannot accept a client: %s (retrying in 1 s)",
+            chr->cfg.id, strerror(err));
+    pthread_mutex_lock(&chr->lock);
+    g_source_unref(chr->listen_src);   /* the caller returns G_SOURCE_REMOVE */
+    chr->listen_src = NULL;
+    if (!chr->retry_src) {             /* a server's retry_src: only this timer */
+        chr->retry_src = g_timeout_source_new_seconds(1);
+        g_source_set_callback(chr->retry_src, listen_again, chr, NULL);
+        g_source_attach(chr->retry_src, chr->m->io_context);
+    }
+    pthread_mutex_unlock(&chr->lock);
+}
+
 static gboolean client_arrived(gint fd, GIOCondition cond, gpointer opaque)
 {
     (void)cond;
     struct chardev *chr = opaque;
     int conn = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (conn < 0)
+    if (conn < 0 && (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED))
         return G_SOURCE_CONTINUE;
+    if (conn < 0) {
+        accept_failed(chr, errno);
+        return G_SOURCE_REMOVE;
+    }
     pthread_mutex_lock(&chr->lock);
     drop_source(&chr->listen_src);   /* one client at a time */
     set_stream(chr, conn);

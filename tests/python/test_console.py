@@ -278,6 +278,35 @@ def test_a_closed_port_is_not_read_without_bound(tmp_path):
         m.stop()
 
 
+@needs_kvm
+def test_a_server_out_of_descriptors_does_not_spin(tmp_path):
+    """accept() failing with EMFILE leaves the listening socket readable: the
+    I/O thread must back off instead of retrying in a busy loop.  The guest
+    has exited, so the process's CPU time is the I/O thread's."""
+    import resource
+    path = str(tmp_path / "port.sock")
+    with libvmm.Machine("pc", kernel=LOOP_GUEST, cmdline="count=1",
+                        chardevs=["socket,id=port,path=%s,server=on,wait=off" % path],
+                        devices=[EXIT_DEV, "virtio-serial-pci",
+                                 "virtserialport,chardev=port,name=%s" % PORT]) as m:
+        m.start()
+        m.wait(timeout=60)
+        client = socket.socket(socket.AF_UNIX)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.dup(0)   # what the machine's accept() would get
+        os.close(lowest_free)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+            client.connect(path)   # the machine's accept() fails: EMFILE
+            before = time.process_time()
+            time.sleep(2)
+            spent = time.process_time() - before
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            client.close()
+        assert spent < 0.5, "the I/O thread spent %.2f s of CPU in 2 s" % spent
+
+
 VMM_RUN = os.path.join(BUILD, "tools", "vmm-run", "vmm-run")
 
 
