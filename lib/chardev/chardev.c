@@ -619,6 +619,17 @@ struct chardev *chardev_find(vmm_machine *m, const char *id)
     return NULL;
 }
 
+/* One stdio chardev per machine: two would split what the user types. */
+static int stdio_taken(vmm_machine *m, const struct chardev *chr)
+{
+    if (chr->cfg.backend != CHARDEV_STDIO)
+        return 0;
+    for (struct chardev *c = m->chardevs; c; c = c->next)
+        if (c->cfg.backend == CHARDEV_STDIO)
+            return vmm_set_error(EBUSY, "stdio is used by chardev '%s' already", c->cfg.id);
+    return 0;
+}
+
 static int add_chardev(vmm_machine *m, const char *spec)
 {
     struct chardev *chr = calloc(1, sizeof(*chr));
@@ -633,6 +644,10 @@ static int add_chardev(vmm_machine *m, const char *spec)
     }
     if (chardev_find(m, chr->cfg.id)) {
         vmm_set_error(EEXIST, "a chardev with id '%s' exists already", chr->cfg.id);
+        chardev_free(chr);
+        return -1;
+    }
+    if (stdio_taken(m, chr) < 0) {
         chardev_free(chr);
         return -1;
     }

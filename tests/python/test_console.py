@@ -58,6 +58,17 @@ def test_a_listening_chardev_takes_connections_before_the_machine_starts(tmp_pat
     assert not os.path.exists(path), "the socket file goes with the machine"
 
 
+def test_stdio_serves_one_chardev(tmp_path):
+    """Two stdio chardevs would read the same stdin, each getting part of
+    what the user types: the second is refused, as QEMU does."""
+    with libvmm.Machine() as m:
+        m.add_chardev("stdio", id="a")
+        with pytest.raises(libvmm.Error) as e:
+            m.add_chardev("stdio", id="b")
+        assert "stdio is used by chardev 'a' already" in str(e.value)
+        assert e.value.errno == errno.EBUSY
+
+
 def test_a_failed_listen_leaves_other_files_alone(tmp_path):
     """A regular file at a server socket's path is an error, and it stays:
     the cleanup after the failed bind must not unlink what it did not create."""
