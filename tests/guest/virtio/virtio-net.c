@@ -305,6 +305,10 @@ static unsigned take_frame(unsigned slot)
     unsigned nbuf = mrg ? frame_hdr.num_buffers : 1, total = len - HDR_LEN;
     if (!nbuf || nbuf > VQ_SIZE)
         guest_fail("RX num_buffers %u", nbuf);
+    /* A frame's used entries are published together: the rest are there. */
+    uint16_t ready = (uint16_t)(*(volatile uint16_t *)&vq->used->idx - vq->last_used);
+    if (ready < nbuf - 1)
+        guest_fail("RX num_buffers %u, but only %u more used entries published", nbuf, ready);
     memcpy(frame, rxbuf(pair, id) + HDR_LEN, total);
     uint16_t old = vq->avail->idx;
     rx_post(pair, id);
