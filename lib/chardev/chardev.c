@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -25,6 +26,7 @@ struct chardev {
     pthread_mutex_t lock;          /* everything below */
     int in_fd, out_fd;             /* the stream (socket: the connection) */
     bool own_stream;               /* close in_fd/out_fd when the peer goes */
+    bool own_out;                  /* out_fd is our nonblocking reopening of a terminal */
     int listen_fd;
     bool bound;                    /* listen_fd made the socket file (sock_dev/ino) */
     dev_t sock_dev;
@@ -553,6 +555,27 @@ static int open_client(struct chardev *chr)
     return vmm_set_error_errno("connect %s", chr->cfg.path);
 }
 
+/* A terminal to write to gets a private nonblocking open file description
+ * (its own fd stays as it is: O_NONBLOCK on it would change the embedder's
+ * and other processes' view).  poll() says a tty is writable with one byte
+ * of room, and a blocking write() of more waits for the reader, stalling
+ * the I/O thread; pipes, sockets and files take what poll promises. */
+static void reopen_terminal_nonblocking(struct chardev *chr)
+{
+    if (chr->out_fd < 0 || !isatty(chr->out_fd))
+        return;
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", chr->out_fd);
+    int fd = open(path, O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) {
+        vmm_log(VMM_LOG_WARNING, "chardev", "%s: cannot reopen the terminal nonblocking (%s): "
+                "a reader that stops may stall the I/O thread", chr->cfg.id, strerror(errno));
+        return;
+    }
+    chr->out_fd = fd;
+    chr->own_out = true;
+}
+
 static int open_backend(struct chardev *chr)
 {
     switch (chr->cfg.backend) {
@@ -563,6 +586,7 @@ static int open_backend(struct chardev *chr)
         chr->in_fd = STDIN_FILENO;
         chr->out_fd = STDOUT_FILENO;
         chr->connected = true;
+        reopen_terminal_nonblocking(chr);
         return 0;
     case CHARDEV_FD:
         chr->in_fd = chr->cfg.in_fd;
@@ -572,6 +596,7 @@ static int open_backend(struct chardev *chr)
             return vmm_set_error(EBADF, "fd: in=%d out=%d: not an open file descriptor",
                                  chr->in_fd, chr->out_fd);
         chr->connected = true;
+        reopen_terminal_nonblocking(chr);
         return 0;
     case CHARDEV_FILE:
         return open_file(chr);
@@ -599,7 +624,7 @@ static void chardev_free(struct chardev *chr)
     drop_source(&chr->retry_src);
     if (chr->own_stream && chr->in_fd >= 0)
         close(chr->in_fd);
-    else if (chr->own_stream && chr->out_fd >= 0)
+    else if ((chr->own_stream || chr->own_out) && chr->out_fd >= 0)
         close(chr->out_fd);
     if (chr->listen_fd >= 0) {
         remove_socket_file(chr);

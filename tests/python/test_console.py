@@ -231,6 +231,36 @@ def test_a_host_hanging_up_on_a_full_port_returns_every_buffer(tmp_path):
 
 
 @needs_kvm
+def test_a_terminal_nobody_reads_does_not_stall_other_ports(tmp_path):
+    """Port 0 writes to a pseudo-terminal whose master is never read: a
+    blocking write() there would wait for room and stall the I/O thread (and
+    every other port); the round trip on port 1 must still complete."""
+    import pty
+    path = str(tmp_path / "port.sock")
+    master, slave = pty.openpty()
+    try:
+        with console_machine("socket,id=port,path=%s,server=on,wait=off" % path, slave, [],
+                             cmdline="transport=pci flood0=1") as m:
+            m.start()
+            peer = Peer(connect_unix(path, 30, required=True))
+            peer.start()
+            try:
+                m.wait(timeout=60)
+            finally:
+                if m.state != "ended":
+                    os.close(master)   # unblock a stuck write so the machine can go
+                    master = None
+            peer.join(10)
+            assert m.exit_code == 33, m.console
+            assert "flood0: 8 x 64 KiB queued on port 0" in m.console
+        assert peer.error is None, peer.error
+    finally:
+        if master is not None:
+            os.close(master)
+        os.close(slave)
+
+
+@needs_kvm
 def test_a_device_reset_reports_the_open_port_closed(tmp_path):
     _, _, changes, serial = serve_port(tmp_path, "transport=pci reset_open=1 linger_ms=1500")
     assert "device reset with the port open" in serial

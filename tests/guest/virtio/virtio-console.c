@@ -13,6 +13,7 @@
  * reset_open=1: close it by resetting the device instead; toggle=N: open
  * and close the port N times before the round trip; hangup=1: only fill the
  * port's transmitq while the host does not read, until it hangs up;
+ * flood0=1: queue 512 KiB on port 0 (never waited for) before the round trip;
  * evil=1 first sends bogus control messages
  * (short, unknown port, unknown event) and a receive buffer too short for
  * a control message, then a device-writable transmit buffer: each must end
@@ -339,6 +340,16 @@ int main(const struct hvm_start_info *si)
     int np = named_port();
     printf("virtio-console: handshake done, %s is port %d\n", PORT_NAME, np);
 
+    /* flood0=1: queue 8 x 64 KiB on the console port first, without waiting
+     * (a host end that does not read them must not stall the other port). */
+    static uint8_t flood0[65536];
+    if (cmdline_u64("flood0", 0)) {
+        for (unsigned i = 0; i < sizeof(flood0); i++)
+            flood0[i] = i % 61 == 60 ? '\n' : 'f';   /* a terminal turns \n into \r\n */
+        for (unsigned slot = 0; slot < VQ_SIZE; slot++)
+            post(1, slot, flood0, sizeof(flood0), false);
+        printf("virtio-console: flood0: %u x 64 KiB queued on port 0\n", (unsigned)VQ_SIZE);
+    }
     if (cmdline_u64("hangup", 0)) {
         send_ctrl((uint32_t)np, PORT_OPEN, 1);
         hangup_while_full((unsigned)np);
@@ -370,6 +381,10 @@ int main(const struct hvm_start_info *si)
         guest_fail("unexpected reply");
     if (cmdline_u64("bulk", 0))
         write_bulk((unsigned)np, cmdline_u64("bulk", 0));
+    if (cmdline_u64("flood0", 0)) {
+        printf("virtio-console: ok\n");   /* port 0's queue is still full */
+        return 0;
+    }
 
     if (!(dev.features & (1ull << F_EMERG_WRITE)))
         guest_fail("the device does not offer EMERG_WRITE");
