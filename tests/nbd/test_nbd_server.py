@@ -1,6 +1,7 @@
 """vmm-img serve (libvmm's NBD server) against libnbd's tools and qemu-img."""
 import json
 import os
+import socket
 import subprocess
 import time
 
@@ -123,16 +124,24 @@ def test_qemu_img_through_server(tmp_path):
         qemu_img("compare", out, img)
 
 
+def free_tcp_port():
+    """A port nothing listens on now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_serve_oneshot_pid_file_and_tcp(tmp_path):
     img = tmp_path / "d.raw"
     random_file(img, 1 << 20)
     pid = tmp_path / "serve.pid"
-    port = "10919"
+    port = str(free_tcp_port())
     p = subprocess.Popen([VMM_IMG, "serve", "-f", "raw", "-p", port, "--pid-file", str(pid), str(img)],
                          stderr=subprocess.PIPE, text=True)
-    end = time.time() + 10
-    while not pid.exists() and time.time() < end:
+    end = time.time() + 60
+    while not pid.exists() and p.poll() is None and time.time() < end:
         time.sleep(0.05)
+    assert pid.exists(), p.stderr.read() if p.poll() is not None else "no pid file within 60 s"
     assert int(pid.read_text()) == p.pid
     out = tmp_path / "o.raw"
     run("nbdcopy", "nbd://127.0.0.1:%s" % port, out)

@@ -109,13 +109,23 @@ static void *signal_thread(void *arg)
     return NULL;
 }
 
+/* Written whole under a temporary name and renamed, so whoever waits for
+ * the file never reads it half-written. */
 static int write_pid_file(const char *path)
 {
-    FILE *f = fopen(path, "w");
+    char tmp[4096];
+    if (snprintf(tmp, sizeof(tmp), "%s.%d.tmp", path, (int)getpid()) >= (int)sizeof(tmp))
+        return err(-1, "Failed to write pid file '%s': %s", path, strerror(ENAMETOOLONG));
+    FILE *f = fopen(tmp, "w");
     if (!f)
         return err(-1, "Failed to write pid file '%s': %s", path, strerror(errno));
-    fprintf(f, "%d\n", (int)getpid());
-    fclose(f);
+    bool ok = fprintf(f, "%d\n", (int)getpid()) > 0;
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path) < 0) {
+        int e = errno;
+        unlink(tmp);
+        return err(-1, "Failed to write pid file '%s': %s", path, strerror(e));
+    }
     return 0;
 }
 
