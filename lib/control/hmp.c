@@ -1,6 +1,7 @@
 /* A small human monitor for human-monitor-command: QEMU's "info" commands
  * that libvmm has something to say for, and a few run-control commands.
  * Output uses QEMU's wording and "\r\n" line ends. */
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include "control/control-int.h"
@@ -53,6 +54,30 @@ static void info_block(struct control *ctl, const char *arg, GString *out, struc
     vmm_machine_list_block_nodes(ctl->m, print_block_node, out);
 }
 
+/* As QEMU's "info blockstats": one line per drive. */
+static int print_blockstats(void *opaque, const struct vmm_block_node_info *n)
+{
+    static const struct vmm_block_stats none;
+    const struct vmm_block_stats *st = n->stats ? n->stats : &none;
+    g_string_append_printf(opaque,
+                           "%s: rd_bytes=%" PRIu64 " wr_bytes=%" PRIu64 " rd_operations=%" PRIu64
+                           " wr_operations=%" PRIu64 " flush_operations=%" PRIu64
+                           " unmap_operations=%" PRIu64 " rd_merged=%" PRIu64
+                           " wr_merged=%" PRIu64 "\r\n",
+                           n->name, st->rd_bytes, st->wr_bytes, st->rd_operations,
+                           st->wr_operations, st->flush_operations, st->unmap_operations,
+                           st->rd_merged, st->wr_merged);
+    return 0;
+}
+
+static void info_blockstats(struct control *ctl, const char *arg, GString *out,
+                            struct qmp_result *r)
+{
+    (void)arg;
+    (void)r;
+    vmm_machine_list_block_nodes(ctl->m, print_blockstats, out);
+}
+
 static void info_pci(struct control *ctl, const char *arg, GString *out, struct qmp_result *r)
 {
     (void)ctl;
@@ -101,6 +126,7 @@ static const struct hmp_command info_commands[] = {
     { "status", "show the current VM status (running|paused)", info_status },
     { "cpus", "show infos for each CPU", info_cpus },
     { "block", "show the block devices", info_block },
+    { "blockstats", "show block device statistics", info_blockstats },
     { "pci", "show PCI info", info_pci },
     { "network", "show the network state", info_network },
     { "qtree", "show device tree", info_qtree },

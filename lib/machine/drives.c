@@ -29,6 +29,7 @@ static struct machine_drive *find_image_locked(vmm_machine *m, const vmm_block *
 
 static void drive_free(struct machine_drive *d)
 {
+    g_mutex_clear(&d->stats_lock);
     vmm_block_close(d->blk);
     g_free(d->id);
     g_free(d->driver);
@@ -280,14 +281,61 @@ LIBVMM_EXPORT int vmm_machine_list_block_nodes(vmm_machine *m, vmm_block_node_fn
     for (GList *l = m->drives; l; l = l->next) {
         const struct machine_drive *d = l->data;
         const struct device *user = drive_user(m, d);
+        struct vmm_block_stats stats;
+        g_mutex_lock((GMutex *)&d->stats_lock);
+        stats = d->stats;
+        g_mutex_unlock((GMutex *)&d->stats_lock);
         struct vmm_block_node_info info = {
             .size = sizeof(info), .name = d->id, .driver = d->driver,
             .filename = d->filename, .read_only = d->read_only, .block = d->blk,
             .device = user ? (user->id ? user->id : user->cls->name) : NULL,
+            .stats = &stats,
         };
         if (fn(user_data, &info))
             break;
     }
     g_mutex_unlock(&m->drives_lock);
     return 0;
+}
+
+/* As QEMU: a failed request counts in failed_* only. */
+void machine_drive_account(struct machine_drive *d, enum vmm_block_op op, uint64_t bytes,
+                           bool failed)
+{
+    struct vmm_block_stats *s = &d->stats;
+    uint64_t *ops, *failures, *nbytes = NULL;
+    switch (op) {
+    case VMM_BLOCK_OP_READ:
+        ops = &s->rd_operations, failures = &s->failed_rd_operations, nbytes = &s->rd_bytes;
+        break;
+    case VMM_BLOCK_OP_FLUSH:
+        ops = &s->flush_operations, failures = &s->failed_flush_operations;
+        break;
+    case VMM_BLOCK_OP_DISCARD:
+        ops = &s->unmap_operations, failures = &s->failed_unmap_operations,
+        nbytes = &s->unmap_bytes;
+        break;
+    default:   /* writes and write-zeroes */
+        ops = &s->wr_operations, failures = &s->failed_wr_operations, nbytes = &s->wr_bytes;
+        break;
+    }
+    g_mutex_lock(&d->stats_lock);
+    if (failed) {
+        (*failures)++;
+    } else {
+        (*ops)++;
+        if (nbytes)
+            *nbytes += bytes;
+    }
+    g_mutex_unlock(&d->stats_lock);
+}
+
+void machine_drive_account_merged(struct machine_drive *d, enum vmm_block_op op, unsigned merged)
+{
+    g_mutex_lock(&d->stats_lock);
+    if (op == VMM_BLOCK_OP_READ)
+        d->stats.rd_merged += merged;
+    else if (op == VMM_BLOCK_OP_WRITE)
+        d->stats.wr_merged += merged;
+    g_mutex_unlock(&d->stats_lock);
 }

@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include "libvmm/block.h"
+#include "libvmm/control.h"
 #include "machine/machine.h"
 
 struct device;
@@ -19,6 +20,8 @@ struct machine_drive {
     bool writethrough;             /* cache=writethrough/directsync: writes are FUA */
     vmm_block *blk;                /* owned: closed when the drive goes */
     struct device *user;           /* the device that claimed it, or NULL */
+    GMutex stats_lock;             /* a leaf lock: taken under the device's or the list's */
+    struct vmm_block_stats stats;  /* counted by the device (machine_drive_account) */
 };
 
 /* Add an open image under `id` (EEXIST when taken); on success the machine
@@ -33,6 +36,12 @@ struct machine_drive *machine_drive_claim(vmm_machine *m, const char *id, struct
 void machine_drive_release(vmm_machine *m, struct machine_drive *drive);
 /* Remove and close (ENOENT, EBUSY while a device uses it). */
 int machine_drive_remove(vmm_machine *m, const char *id);
+/* Count a guest request of `op` that completed (`failed`: an error reported
+ * to the guest), and `merged` requests of `op` joined into others. */
+void machine_drive_account(struct machine_drive *d, enum vmm_block_op op, uint64_t bytes,
+                           bool failed);
+void machine_drive_account_merged(struct machine_drive *d, enum vmm_block_op op,
+                                  unsigned merged);
 /* Close every drive (machine free, after the devices).  The lock is a
  * zero-initialised GMutex: usable any time, nothing to clear. */
 void machine_drives_free(vmm_machine *m);

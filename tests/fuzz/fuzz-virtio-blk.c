@@ -8,10 +8,13 @@
  * the harness traps when a request to submit reaches outside guest RAM or
  * the disk, its data length disagrees with its iovec, a write is submitted
  * for a read-only disk, the status byte lies outside RAM, or a refusal
- * comes without a message. */
+ * comes without a message.  Requests to submit are merged as the device
+ * does (virtio_blk_can_merge / virtio_blk_merge) and each merge is checked
+ * the same way, plus the merge bounds. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <glib.h>
 #include "devices/virtio/virtio-blk.h"
 #include "devices/virtio/virtqueue.h"
 #include "fuzz-vq.h"
@@ -47,6 +50,25 @@ static void check_submit(const struct virtio_blk_request *req, const struct virt
         __builtin_trap();
 }
 
+/* The request being merged (owns its iovec), as a queue run gathers it. */
+static struct virtio_blk_request merged;
+
+static void gather(const struct virtio_blk_request *req, const struct virtio_blk_limits *lim)
+{
+    if (merged.iov && virtio_blk_can_merge(&merged, req)) {
+        virtio_blk_merge(&merged, req);
+        if (merged.length > VIRTIO_BLK_MERGE_MAX_BYTES || merged.iovcnt > VIRTIO_BLK_MERGE_MAX_IOV)
+            __builtin_trap();
+        check_submit(&merged, lim);
+        return;
+    }
+    virtio_blk_request_clear(&merged);
+    if (req->type != VIRTIO_BLK_T_IN && req->type != VIRTIO_BLK_T_OUT)
+        return;
+    merged = *req;
+    merged.iov = g_memdup2(req->iov, sizeof(*req->iov) * (size_t)req->iovcnt);
+}
+
 static void parse_one(const struct vq_chain *c, const struct virtio_blk_limits *lim)
 {
     struct virtio_blk_request req;
@@ -61,8 +83,10 @@ static void parse_one(const struct vq_chain *c, const struct virtio_blk_limits *
     check_range(req.status, 1);
     if (v == VIRTIO_BLK_DONE && req.result > VIRTIO_BLK_S_UNSUPP)
         __builtin_trap();
-    if (v == VIRTIO_BLK_SUBMIT)
+    if (v == VIRTIO_BLK_SUBMIT) {
         check_submit(&req, lim);
+        gather(&req, lim);
+    }
     *req.status = v == VIRTIO_BLK_DONE ? req.result : VIRTIO_BLK_S_OK;
     virtio_blk_request_clear(&req);
 }
@@ -86,6 +110,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             virtqueue_push(&vq, &c, 1);
         }
     }
+    virtio_blk_request_clear(&merged);
     virtqueue_release(&vq);
     return 0;
 }

@@ -309,3 +309,67 @@ def test_blockdev_add_node_serves_as_a_drive(tmp_path, image):
     assert "virtio-blk: serial 'qmpnode'" in text and "virtio-blk: ok" in text, text
     assert "virtio-blk: discarded range: 8192 bytes of 0x00" in text   # discard=unmap took
     assert status == 33
+
+
+# ---- request merging and query-blockstats -------------------------------------------
+
+MERGE_PATTERNS = [(0xe0 + i, (512 + 4 * i) * 1024) for i in range(8)]
+
+
+def qemu_io_reads(path, fmt, pattern, offset, length):
+    return subprocess.run(["qemu-io", "-r", "-f", fmt, "-c", f"read -P {pattern:#x} {offset} {length}",
+                           path], capture_output=True, text=True).returncode == 0
+
+
+@needs_kvm
+@pytest.mark.parametrize("merge", ["on", "off"])
+def test_adjacent_requests_are_merged_and_counted(tmp_path, merge):
+    # The guest posts 8 adjacent 4 KiB writes before one notify, then 8
+    # adjacent reads: with merge=on each batch is one block-layer request
+    # (7 merged into the first), with merge=off none is; the image is the same.
+    img = str(tmp_path / "disk.raw")
+    libvmm.Block.create(img, "raw", 4 << 20)
+    console = []
+    with libvmm.Machine("pc", kernel=GUEST, memory="256M", reboot="off",
+                        cmdline="transport=pci merge=1") as m:
+        m.on_serial(console.append)
+        m.add_device(EXIT_DEV)
+        m.add_drive(f"file={img},format=raw,id=d0")
+        m.add_device(f"virtio-blk-pci,id=disk0,drive=d0,merge={merge}")
+        assert m.qmp("query-blockstats")[0]["stats"]["wr_operations"] == 0
+        m.start()
+        m.wait(timeout=120)
+        blockstats = m.qmp("query-blockstats")
+        hmp = m.qmp("human-monitor-command", command_line="info blockstats")
+        status = m.exit_code & 0xff
+    text = b"".join(console).decode(errors="replace")
+    assert "virtio-blk: merge: 32 KiB read back as written" in text, text
+    assert status == 33, text
+    assert len(blockstats) == 1, blockstats
+    entry = blockstats[0]
+    assert entry["device"] == "" and entry["node-name"] == "d0"
+    assert entry["qdev"] == "/machine/peripheral/disk0/virtio-backend"
+    merged = 7 if merge == "on" else 0
+    want = {"rd_bytes": 32768, "wr_bytes": 32768, "rd_operations": 8, "wr_operations": 8,
+            "flush_operations": 0, "unmap_operations": 0, "rd_merged": merged,
+            "wr_merged": merged, "failed_rd_operations": 0, "failed_wr_operations": 0}
+    assert {k: entry["stats"][k] for k in want} == want, entry
+    assert f"d0: rd_bytes=32768 wr_bytes=32768 rd_operations=8 wr_operations=8 " \
+           f"flush_operations=0 unmap_operations=0 rd_merged={merged} wr_merged={merged}" in hmp
+    for pattern, offset in MERGE_PATTERNS:
+        assert qemu_io_reads(img, "raw", pattern, offset, 4096), (pattern, offset)
+    assert qemu_io_reads(img, "raw", 0, 0, 512 * 1024)
+    assert qemu_io_reads(img, "raw", 0, 544 * 1024, 480 * 1024)
+
+
+@needs_kvm
+@needs_nbdkit
+def test_werror_stop_retries_a_merged_request_whole(tmp_path):
+    # The 8 merged writes fail as one request: one BLOCK_IO_ERROR, one stop,
+    # and after resume all 8 chains complete OK with their data on the disk.
+    status, console, events = run_guest(tmp_path, "pwrite", "EIO", "werror=stop", "merge=1",
+                                        heal_on_stop=True)
+    assert [e["data"]["action"] for e in events] == ["stop"], events
+    assert "virtio-blk: merge: 8 adjacent writes: OK" in console, console
+    assert "virtio-blk: merge: 32 KiB read back as written" in console, console
+    assert status == 33, console

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <glib.h>
 #include "devices/virtio/virtio-blk.h"
 #include "devices/virtio/virtqueue.h"
 #include "libvmm/block.h"
@@ -288,6 +289,103 @@ static void writes_are_fua_without_flush(void **state)
     assert_int_equal(parse(f, &req), VIRTIO_BLK_SUBMIT);
 }
 
+/* ---- merge decision: requests as the parser describes them ---- */
+
+static uint8_t merge_buf[8][512];
+
+/* A request to submit: `iovcnt` segments of `seg` bytes at `sector`. */
+static struct virtio_blk_request rw_req(uint32_t type, uint64_t sector, int iovcnt, uint64_t seg)
+{
+    struct virtio_blk_request r = { .type = type, .offset = sector * 512, .length = seg * iovcnt };
+    r.iov = g_new0(struct iovec, iovcnt);
+    for (int i = 0; i < iovcnt; i++)
+        r.iov[i] = (struct iovec){ merge_buf[i % 8], seg };
+    r.iovcnt = iovcnt;
+    return r;
+}
+
+static void release(struct virtio_blk_request *r) { g_free(r->iov); r->iov = NULL; }
+
+/* Whether a one-segment request of `type` at `sector` may join `merged`. */
+static bool joins(const struct virtio_blk_request *merged, uint32_t type, uint64_t sector,
+                  uint64_t bytes)
+{
+    struct virtio_blk_request next = rw_req(type, sector, 1, bytes);
+    bool yes = virtio_blk_can_merge(merged, &next);
+    release(&next);
+    return yes;
+}
+
+static void adjacent_reads_and_writes_merge(void **state)
+{
+    (void)state;
+    for (uint32_t type = VIRTIO_BLK_T_IN; type <= VIRTIO_BLK_T_OUT; type++) {
+        struct virtio_blk_request a = rw_req(type, 8, 2, 512), b = rw_req(type, 10, 1, 512);
+        b.iov[0].iov_base = merge_buf[7];
+        assert_true(virtio_blk_can_merge(&a, &b));
+        virtio_blk_merge(&a, &b);
+        assert_int_equal(a.offset, 8 * 512);
+        assert_int_equal(a.length, 1536);
+        assert_int_equal(a.iovcnt, 3);
+        assert_ptr_equal(a.iov[2].iov_base, merge_buf[7]);   /* appended, in disk order */
+        assert_ptr_equal(a.iov[0].iov_base, merge_buf[0]);
+        assert_true(joins(&a, type, 11, 512));                /* a merged one grows on */
+        assert_false(joins(&a, type, 10, 512));               /* overlaps the end */
+        assert_false(joins(&a, type, 12, 512));               /* a gap */
+        assert_false(joins(&a, type, 7, 512));                /* just before: not merged */
+        release(&a);
+        release(&b);
+    }
+}
+
+static void other_kinds_never_merge(void **state)
+{
+    (void)state;
+    struct virtio_blk_request w = rw_req(VIRTIO_BLK_T_OUT, 0, 1, 512);
+    struct virtio_blk_request r = rw_req(VIRTIO_BLK_T_IN, 1, 1, 512);
+    assert_false(virtio_blk_can_merge(&w, &r));               /* read after write */
+    assert_false(virtio_blk_can_merge(&r, &w));
+    struct virtio_blk_request fua = rw_req(VIRTIO_BLK_T_OUT, 1, 1, 512);
+    fua.flags = VMM_BLOCK_REQ_FUA;
+    assert_false(virtio_blk_can_merge(&w, &fua));             /* writethrough differs */
+    w.flags = VMM_BLOCK_REQ_FUA;
+    assert_true(virtio_blk_can_merge(&w, &fua));              /* both FUA */
+    const uint32_t others[] = { VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_DISCARD,
+                                VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_T_GET_ID };
+    for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++) {
+        struct virtio_blk_request a = { .type = others[i], .offset = 0, .length = 512 };
+        struct virtio_blk_request b = { .type = others[i], .offset = 512, .length = 512 };
+        assert_false(virtio_blk_can_merge(&a, &b));
+        struct virtio_blk_request wz = { .type = others[i], .offset = 512, .length = 512,
+                                         .flags = VMM_BLOCK_REQ_FUA };
+        assert_false(virtio_blk_can_merge(&w, &wz));          /* a write, then one of these */
+        assert_false(virtio_blk_can_merge(&a, &fua));
+    }
+    release(&w);
+    release(&r);
+    release(&fua);
+}
+
+static void merges_are_bounded(void **state)
+{
+    (void)state;
+    /* Bytes: up to VIRTIO_BLK_MERGE_MAX_BYTES in all. */
+    uint64_t half = VIRTIO_BLK_MERGE_MAX_BYTES / 2;
+    struct virtio_blk_request a = rw_req(VIRTIO_BLK_T_OUT, 0, 1, half);
+    assert_true(joins(&a, VIRTIO_BLK_T_OUT, half / 512, half));
+    assert_false(joins(&a, VIRTIO_BLK_T_OUT, half / 512, half + 512));
+    release(&a);
+    /* Segments: up to VIRTIO_BLK_MERGE_MAX_IOV in all. */
+    a = rw_req(VIRTIO_BLK_T_IN, 0, VIRTIO_BLK_MERGE_MAX_IOV - 1, 512);
+    struct virtio_blk_request b = rw_req(VIRTIO_BLK_T_IN, VIRTIO_BLK_MERGE_MAX_IOV - 1, 1, 512);
+    assert_true(virtio_blk_can_merge(&a, &b));
+    release(&b);
+    b = rw_req(VIRTIO_BLK_T_IN, VIRTIO_BLK_MERGE_MAX_IOV - 1, 2, 512);
+    assert_false(virtio_blk_can_merge(&a, &b));
+    release(&a);
+    release(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -300,6 +398,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(protocol_violations_break_the_device, setup, teardown),
         cmocka_unit_test_setup_teardown(completion_marks_written_pages_dirty, setup, teardown),
         cmocka_unit_test_setup_teardown(writes_are_fua_without_flush, setup, teardown),
+        cmocka_unit_test(adjacent_reads_and_writes_merge),
+        cmocka_unit_test(other_kinds_never_merge),
+        cmocka_unit_test(merges_are_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -209,6 +209,26 @@ void virtio_blk_request_clear(struct virtio_blk_request *req)
     req->iovcnt = 0;
 }
 
+bool virtio_blk_can_merge(const struct virtio_blk_request *merged,
+                          const struct virtio_blk_request *next)
+{
+    bool rw = merged->type == VIRTIO_BLK_T_IN || merged->type == VIRTIO_BLK_T_OUT;
+    if (!rw || next->type != merged->type || next->flags != merged->flags)
+        return false;
+    if (merged->offset + merged->length != next->offset)
+        return false;
+    return merged->length + next->length <= VIRTIO_BLK_MERGE_MAX_BYTES &&
+           merged->iovcnt + next->iovcnt <= VIRTIO_BLK_MERGE_MAX_IOV;
+}
+
+void virtio_blk_merge(struct virtio_blk_request *merged, const struct virtio_blk_request *next)
+{
+    merged->iov = g_renew(struct iovec, merged->iov, merged->iovcnt + next->iovcnt);
+    memcpy(merged->iov + merged->iovcnt, next->iov, sizeof(*next->iov) * (size_t)next->iovcnt);
+    merged->iovcnt += next->iovcnt;
+    merged->length += next->length;
+}
+
 void virtio_blk_limits_negotiated(struct virtio_blk_limits *lim, bool writethrough,
                                   bool flush_negotiated)
 {

@@ -6,7 +6,10 @@
  * Each request remembers the device's generation: a reset or unrealize
  * bumps it and drains the image, so no completion ever touches a reset
  * queue.  I/O errors follow werror/rerror (report, ignore, stop: keep the
- * request, pause the machine, retry on resume) and emit BLOCK_IO_ERROR. */
+ * request, pause the machine, retry on resume) and emit BLOCK_IO_ERROR.
+ * Reads (writes) popped in one queue run that follow each other on the
+ * disk are merged into one block-layer request (merge=on): its result,
+ * error policy and retry apply to every chain in it. */
 #include <endian.h>
 #include <errno.h>
 #include <stdatomic.h>
@@ -23,8 +26,10 @@ struct blk_inflight {
     unsigned q;
     uint64_t generation;
     struct vq_chain *chain;              /* clone: outlives the queue's scratch */
-    struct virtio_blk_request req;
-    struct blk_inflight *next, *prev;    /* in `inflight` or `retry` */
+    struct virtio_blk_request req;       /* the first chain's: covers the merged ones' data */
+    struct blk_inflight *merged, *merged_last;   /* chains merged after it, in disk order */
+    unsigned nmerged;
+    struct blk_inflight *next, *prev;    /* in `inflight` or `retry`; in `merged`: next one */
 };
 
 struct virtio_blk {
@@ -34,6 +39,7 @@ struct virtio_blk {
     uint32_t num_queues;
     uint32_t queue_size;
     int werror, rerror;
+    bool merge;
     struct machine_drive *drive;         /* claimed at realize */
     struct virtio_blk_config config;     /* little-endian, as the driver reads it */
     struct virtio_blk_limits limits;
@@ -81,6 +87,12 @@ static void list_del(struct blk_inflight **head, struct blk_inflight *r)
 
 static void request_free(struct blk_inflight *r)
 {
+    while (r->merged) {
+        struct blk_inflight *m = r->merged;
+        r->merged = m->next;
+        m->next = NULL;
+        request_free(m);
+    }
     virtio_blk_request_clear(&r->req);
     vq_chain_free(r->chain);
     g_free(r);
@@ -96,6 +108,17 @@ static void free_list(struct blk_inflight **head)
 }
 
 /* ---- completion -------------------------------------------------------------- */
+
+static enum vmm_block_op block_op(uint32_t type)
+{
+    switch (type) {
+    case VIRTIO_BLK_T_IN: return VMM_BLOCK_OP_READ;
+    case VIRTIO_BLK_T_OUT: return VMM_BLOCK_OP_WRITE;
+    case VIRTIO_BLK_T_FLUSH: return VMM_BLOCK_OP_FLUSH;
+    case VIRTIO_BLK_T_DISCARD: return VMM_BLOCK_OP_DISCARD;
+    default: return VMM_BLOCK_OP_WRITE_ZEROES;
+    }
+}
 
 static void push_status(struct virtio_blk *blk, unsigned q, const struct vq_chain *chain,
                         const struct virtio_blk_request *req, uint8_t status)
@@ -115,9 +138,19 @@ static void notify_pushed(struct virtio_blk *blk)
     }
 }
 
+/* Answer every chain of the (maybe merged) request and count each as a
+ * guest request; the first one carries the bytes of all. */
 static void complete(struct blk_inflight *r, uint8_t status)
 {
-    push_status(r->blk, r->q, r->chain, &r->req, status);
+    struct virtio_blk *blk = r->blk;
+    enum vmm_block_op op = block_op(r->req.type);
+    bool failed = status != VIRTIO_BLK_S_OK;
+    machine_drive_account(blk->drive, op, r->req.length, failed);
+    push_status(blk, r->q, r->chain, &r->req, status);
+    for (struct blk_inflight *m = r->merged; m; m = m->next) {
+        machine_drive_account(blk->drive, op, 0, failed);
+        push_status(blk, m->q, m->chain, &m->req, status);
+    }
     request_free(r);
 }
 
@@ -234,17 +267,6 @@ static void watch_completions(struct virtio_blk *blk)
 
 /* ---- submission ----------------------------------------------------------------- */
 
-static enum vmm_block_op block_op(uint32_t type)
-{
-    switch (type) {
-    case VIRTIO_BLK_T_IN: return VMM_BLOCK_OP_READ;
-    case VIRTIO_BLK_T_OUT: return VMM_BLOCK_OP_WRITE;
-    case VIRTIO_BLK_T_FLUSH: return VMM_BLOCK_OP_FLUSH;
-    case VIRTIO_BLK_T_DISCARD: return VMM_BLOCK_OP_DISCARD;
-    default: return VMM_BLOCK_OP_WRITE_ZEROES;
-    }
-}
-
 static void submit(struct blk_inflight *r)
 {
     struct virtio_blk *blk = r->blk;
@@ -274,9 +296,43 @@ static void retry_stopped(struct virtio_blk *blk)
     }
 }
 
-/* One popped chain: answer it now or hand it to the block layer.  Returns
- * false when the driver broke the protocol (the device is broken now). */
-static bool handle_chain(struct virtio_blk *blk, unsigned q, const struct vq_chain *c)
+/* Submit the request the queue run has been gathering, if any. */
+static void submit_pending(struct virtio_blk *blk, struct blk_inflight **pending)
+{
+    struct blk_inflight *r = *pending;
+    if (!r)
+        return;
+    *pending = NULL;
+    if (r->nmerged)
+        machine_drive_account_merged(blk->drive, block_op(r->req.type), r->nmerged);
+    submit(r);
+}
+
+/* Join `r` to the pending request when it continues it on the disk, else
+ * submit the pending one and let `r` start the next. */
+static void gather(struct virtio_blk *blk, struct blk_inflight **pending, struct blk_inflight *r)
+{
+    struct blk_inflight *head = *pending;
+    if (head && blk->merge && virtio_blk_can_merge(&head->req, &r->req)) {
+        virtio_blk_merge(&head->req, &r->req);
+        virtio_blk_request_clear(&r->req);   /* its data is in the head's iovec now */
+        if (head->merged_last)
+            head->merged_last->next = r;
+        else
+            head->merged = r;
+        head->merged_last = r;
+        head->nmerged++;
+        return;
+    }
+    submit_pending(blk, pending);
+    *pending = r;
+}
+
+/* One popped chain: answer it now or gather it for the block layer.
+ * Returns false when the driver broke the protocol (the device is broken
+ * now). */
+static bool handle_chain(struct virtio_blk *blk, unsigned q, const struct vq_chain *c,
+                         struct blk_inflight **pending)
 {
     struct virtio_blk_request req;
     switch (virtio_blk_parse(c, &blk->limits, &req)) {
@@ -301,7 +357,7 @@ static bool handle_chain(struct virtio_blk *blk, unsigned q, const struct vq_cha
         g_free(r);
         return true;
     }
-    submit(r);
+    gather(blk, pending, r);
     return true;
 }
 
@@ -314,10 +370,13 @@ static void blk_queue_notify(struct virtio_device *vdev, unsigned q)
     if (atomic_exchange(&blk->resumed, false))
         retry_stopped(blk);
     struct vq_chain c;
-    while (virtio_pop(vdev, q, &c) > 0)
-        if (!handle_chain(blk, q, &c))
-            return;
-    notify_pushed(blk);
+    struct blk_inflight *pending = NULL;
+    bool ok = true;
+    while (ok && virtio_pop(vdev, q, &c) > 0)
+        ok = handle_chain(blk, q, &c, &pending);
+    submit_pending(blk, &pending);
+    if (ok)
+        notify_pushed(blk);
 }
 
 /* ---- reset, resume, lifecycle ------------------------------------------------------ */
@@ -475,6 +534,8 @@ static const struct vmm_prop blk_props[] = {
       "on write errors: report to the guest, ignore, or stop the machine", action_names, 0, 0 },
     { "rerror", VMM_PROP_ENUM, offsetof(struct virtio_blk, rerror), "report",
       "on read errors: report to the guest, ignore, or stop the machine", action_names, 0, 0 },
+    { "merge", VMM_PROP_BOOL, offsetof(struct virtio_blk, merge), "on",
+      "merge adjacent reads (writes) of one queue run into one block-layer request", NULL, 0, 0 },
     { NULL, 0, 0, NULL, NULL, NULL, 0, 0 },
 };
 

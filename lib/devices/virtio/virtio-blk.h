@@ -99,6 +99,22 @@ void virtio_blk_limits_negotiated(struct virtio_blk_limits *lim, bool writethrou
  * status byte: the device writes them through host pointers). */
 void virtio_blk_mark_dirty(struct guest_memory *mem, const struct vq_chain *c);
 
+/* Request merging: reads (or writes) popped in one queue run that follow
+ * each other on the disk go to the block layer as one request, up to these
+ * bounds (the device's SIZE_MAX and the kernel's IOV_MAX). */
+#define VIRTIO_BLK_MERGE_MAX_BYTES (1u << 20)
+#define VIRTIO_BLK_MERGE_MAX_IOV   1024
+
+/* Whether `next` may be appended to `merged` (a request to submit, maybe
+ * already a merge): both IN or both OUT, the same flags (FUA), `next`
+ * starting where `merged` ends, and the sum within the bounds.  Flushes,
+ * discards and write-zeroes never merge. */
+bool virtio_blk_can_merge(const struct virtio_blk_request *merged,
+                          const struct virtio_blk_request *next);
+/* Append `next`'s data to `merged` (after virtio_blk_can_merge said yes);
+ * `next` keeps its own status byte and iovec. */
+void virtio_blk_merge(struct virtio_blk_request *merged, const struct virtio_blk_request *next);
+
 struct device;
 /* Whether `dev` is a virtio-blk whose drive property names `id` (realized
  * or not): such a drive cannot be removed (lib/machine/drives.c). */

@@ -79,6 +79,19 @@ typedef int (*vmm_device_fn)(void *user_data, const struct vmm_device_info *info
  * embedder's. */
 LIBVMM_EXPORT int vmm_machine_list_devices(vmm_machine *m, vmm_device_fn fn, void *user_data);
 
+/* I/O statistics of a drive, counted by the device using it per guest
+ * request, as QEMU's query-blockstats: requests merged into another count
+ * in *_operations and *_merged; write-zeroes count as writes; failures
+ * reported to the guest in failed_*.  Requests answered without I/O (bad
+ * ranges, discards with discard=ignore) are not counted. */
+struct vmm_block_stats {
+    uint64_t rd_bytes, wr_bytes, unmap_bytes;
+    uint64_t rd_operations, wr_operations, flush_operations, unmap_operations;
+    uint64_t rd_merged, wr_merged;
+    uint64_t failed_rd_operations, failed_wr_operations, failed_flush_operations,
+             failed_unmap_operations;
+};
+
 /* One block node of the machine (a drive, or a QMP blockdev-add node). */
 struct vmm_block_node_info {
     size_t size;                   /* sizeof(struct vmm_block_node_info) */
@@ -89,6 +102,7 @@ struct vmm_block_node_info {
     vmm_block *block;              /* the open image; owned by the machine */
     const char *device;            /* the device using it (drive=): its id, or its type
                                       when it has none; NULL when no device does */
+    const struct vmm_block_stats *stats;   /* a snapshot, valid during the callback */
 };
 
 /* Called once per node; return non-zero to stop the walk.  It runs with the

@@ -10,7 +10,13 @@
  * ro=1 (the device must offer RO and fail writes with IOERR);
  * fail=write|read (the host makes that I/O fail: expect=ioerr|ok says what
  * the guest must see, wait=1 keeps waiting while the machine is stopped,
- * renotify=1 notifies the queue in a loop while waiting). */
+ * renotify=1 notifies the queue in a loop while waiting);
+ * merge=1: 8 adjacent 4 KiB writes (patterns 0xe0..0xe7 at 512 KiB) posted
+ * before one notify, then 8 adjacent reads the same way into buffers in
+ * reverse order: the device may merge them (the host checks its counters)
+ * but every chain must complete OK with its own data; rounds=N repeats the
+ * write batch N times first (a queue-depth-8 sequential write load for
+ * profiling the host). */
 #include "vguest.h"
 
 #define VEC_CONFIG 0x29
@@ -44,6 +50,14 @@ static volatile uint8_t status[2];
 static uint8_t data[8192] __attribute__((aligned(4096)));
 static uint8_t check[8192] __attribute__((aligned(4096)));
 static struct vq_desc table[4] __attribute__((aligned(16)));
+
+#define MERGE_N      8
+#define MERGE_SECTOR 1024
+static struct blk_hdr mhdr[MERGE_N] __attribute__((aligned(16)));
+static volatile uint8_t mstatus[MERGE_N];
+static struct vq_desc mtable[MERGE_N][3] __attribute__((aligned(16)));
+static uint8_t mdata[MERGE_N][4096] __attribute__((aligned(4096)));
+static uint8_t mcheck[MERGE_N][4096] __attribute__((aligned(4096)));
 
 static void on_queue(struct interrupt_frame *f) { (void)f; queue_irqs++; x2apic_eoi(); }
 static void on_config(struct interrupt_frame *f) { (void)f; config_irqs++; x2apic_eoi(); }
@@ -281,6 +295,60 @@ static void failure_checks(void)
     }
 }
 
+/* MERGE_N requests of 4 KiB, request i at sector MERGE_SECTOR + 8 i on
+ * buffers[i], each an indirect table in ring slot i, then one notify. */
+static void batch(uint32_t type, uint8_t (*buffers[MERGE_N])[4096], const char *what)
+{
+    struct vq *vq = &queues[0];
+    uint16_t dir = type == T_IN ? VIRTQ_DESC_F_WRITE : 0;
+    for (unsigned i = 0; i < MERGE_N; i++) {
+        mhdr[i] = (struct blk_hdr){ type, 0, MERGE_SECTOR + 8 * i };
+        mstatus[i] = 0xff;
+        mtable[i][0] = (struct vq_desc){ addr(&mhdr[i]), sizeof(mhdr[i]), VIRTQ_DESC_F_NEXT, 1 };
+        mtable[i][1] = (struct vq_desc){ addr(buffers[i]), 4096, dir | VIRTQ_DESC_F_NEXT, 2 };
+        mtable[i][2] = (struct vq_desc){ addr(&mstatus[i]), 1, VIRTQ_DESC_F_WRITE, 0 };
+        vq->desc[i] = (struct vq_desc){ addr(mtable[i]), sizeof(mtable[i]), VIRTQ_DESC_F_INDIRECT, 0 };
+        vq_post(vq, (uint16_t)i);
+    }
+    vdev_notify(&dev, 0);
+    unsigned seen = 0;
+    for (unsigned n = 0; n < MERGE_N; n++) {
+        uint32_t id, len;
+        if (!vq_wait_used(vq, &id, &len, WAIT_MS))
+            guest_fail("%s: %u of %u requests answered", what, n, MERGE_N);
+        if (id >= MERGE_N || (seen & (1u << id)))
+            guest_fail("%s: used id %u unexpected", what, id);
+        seen |= 1u << id;
+    }
+    for (unsigned i = 0; i < MERGE_N; i++)
+        if (mstatus[i] != S_OK)
+            guest_fail("%s: request %u: status 0x%x", what, i, mstatus[i]);
+    printf("virtio-blk: merge: %u adjacent %s: OK\n", MERGE_N, what);
+}
+
+static void merge_checks(void)
+{
+    uint8_t (*bufs[MERGE_N])[4096];
+    for (unsigned i = 0; i < MERGE_N; i++) {
+        fill(mdata[i], (uint8_t)(0xe0 + i), 4096);
+        bufs[i] = &mdata[i];
+    }
+    for (uint64_t r = cmdline_u64("rounds", 1); r > 1; r--)
+        batch(T_OUT, bufs, "writes");
+    batch(T_OUT, bufs, "writes");
+    for (unsigned i = 0; i < MERGE_N; i++) {
+        fill(mcheck[i], 0, 4096);
+        bufs[i] = &mcheck[MERGE_N - 1 - i];   /* scattered: each chain keeps its own data */
+    }
+    batch(T_IN, bufs, "reads");
+    for (unsigned i = 0; i < MERGE_N; i++)
+        for (unsigned b = 0; b < 4096; b++)
+            if (mcheck[MERGE_N - 1 - i][b] != 0xe0 + i)
+                guest_fail("merged read %u: byte %u is 0x%02x, expected 0x%02x", i, b,
+                           mcheck[MERGE_N - 1 - i][b], 0xe0 + i);
+    printf("virtio-blk: merge: %u KiB read back as written\n", MERGE_N * 4);
+}
+
 static void data_checks(uint64_t capacity, unsigned nq)
 {
     fill(data, 0xa5, 4096);
@@ -336,6 +404,8 @@ int main(const struct hvm_start_info *si)
         read_only_checks();
     else if (cmdline_is("fail", "write") || cmdline_is("fail", "read"))
         failure_checks();
+    else if (cmdline_u64("merge", 0))
+        merge_checks();
     else
         data_checks(capacity, nq);
     if (cmdline_u64("getid", 0))
