@@ -341,6 +341,7 @@ def test_adjacent_requests_are_merged_and_counted(tmp_path, merge):
         m.wait(timeout=120)
         blockstats = m.qmp("query-blockstats")
         hmp = m.qmp("human-monitor-command", command_line="info blockstats")
+        api_stats = m.block_nodes()[0].stats
         status = m.exit_code & 0xff
     text = b"".join(console).decode(errors="replace")
     assert "virtio-blk: merge: 32 KiB read back as written" in text, text
@@ -354,6 +355,7 @@ def test_adjacent_requests_are_merged_and_counted(tmp_path, merge):
             "flush_operations": 0, "unmap_operations": 0, "rd_merged": merged,
             "wr_merged": merged, "failed_rd_operations": 0, "failed_wr_operations": 0}
     assert {k: entry["stats"][k] for k in want} == want, entry
+    assert {k: api_stats[k] for k in want} == want, api_stats   # the C API's snapshot
     assert f"d0: rd_bytes=32768 wr_bytes=32768 rd_operations=8 wr_operations=8 " \
            f"flush_operations=0 unmap_operations=0 rd_merged={merged} wr_merged={merged}" in hmp
     for pattern, offset in MERGE_PATTERNS:

@@ -164,7 +164,13 @@ Event.__doc__ = "One machine event; name is QMP's (STOP, RESUME, SHUTDOWN, RESET
 
 VcpuInfo = collections.namedtuple("VcpuInfo", "index thread_id")
 DeviceInfo = collections.namedtuple("DeviceInfo", "id type properties platform realized")
-BlockNodeInfo = collections.namedtuple("BlockNodeInfo", "name driver filename read_only device")
+BlockNodeInfo = collections.namedtuple("BlockNodeInfo",
+                                       "name driver filename read_only device stats",
+                                       defaults=(None,))
+_BLOCK_STATS = ("rd_bytes", "wr_bytes", "unmap_bytes", "rd_operations", "wr_operations",
+                "flush_operations", "unmap_operations", "rd_merged", "wr_merged",
+                "failed_rd_operations", "failed_wr_operations", "failed_flush_operations",
+                "failed_unmap_operations")
 
 _STATES = {0: "created", 1: "running", 2: "paused", 3: "ended"}
 _EXIT_REASONS = {0: None, 1: "poweroff", 2: "reset", 3: "test", 4: "error", 5: "stopped"}
@@ -377,8 +383,10 @@ class Machine(_Resource):
 
         @ffi.callback("int(void *, const struct vmm_block_node_info *)")
         def collect(_data, info):
+            stats = ({k: int(getattr(info.stats, k)) for k in _BLOCK_STATS}
+                     if info.stats != ffi.NULL else None)
             out.append(BlockNodeInfo(_text(info.name), _text(info.driver), _text(info.filename),
-                                     bool(info.read_only), _text(info.device)))
+                                     bool(info.read_only), _text(info.device), stats))
             return 0
         _check(lib.vmm_machine_list_block_nodes(self.handle, collect, ffi.NULL))
         return out

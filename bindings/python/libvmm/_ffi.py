@@ -200,6 +200,13 @@ struct vmm_device_info {
 };
 typedef int (*vmm_device_fn)(void *user_data, const struct vmm_device_info *info);
 int vmm_machine_list_devices(vmm_machine *m, vmm_device_fn fn, void *user_data);
+struct vmm_block_stats {
+    uint64_t rd_bytes, wr_bytes, unmap_bytes;
+    uint64_t rd_operations, wr_operations, flush_operations, unmap_operations;
+    uint64_t rd_merged, wr_merged;
+    uint64_t failed_rd_operations, failed_wr_operations, failed_flush_operations,
+             failed_unmap_operations;
+};
 struct vmm_block_node_info {
     size_t size;
     const char *name;
@@ -208,6 +215,7 @@ struct vmm_block_node_info {
     int read_only;
     vmm_block *block;
     const char *device;
+    const struct vmm_block_stats *stats;
 };
 typedef int (*vmm_block_node_fn)(void *user_data, const struct vmm_block_node_info *info);
 int vmm_machine_list_block_nodes(vmm_machine *m, vmm_block_node_fn fn, void *user_data);
