@@ -335,6 +335,27 @@ static uint64_t stored_refcount(struct block_node *bs, uint64_t c, uint64_t file
     return qcow2_refcount_read(s, block, c & ((1ull << s->rb_bits) - 1));
 }
 
+/* One past the last cluster with a stored refcount: refcount blocks may
+ * count clusters past the end of the file (clusters counted ahead for
+ * writes and never given back), and those are leaks too. */
+static uint64_t stored_end(struct block_node *bs, uint64_t file_clusters)
+{
+    struct qcow2_state *s = bs->opaque;
+    uint64_t per_block = 1ull << s->rb_bits;
+    for (uint64_t i = s->rt_size; i-- > 0;) {
+        bool err;
+        if (!s->rt[i] || (stored_refcount(bs, i * per_block, file_clusters, &err), err))
+            continue;
+        uint8_t *block;
+        if (qcow2_cache_get(bs, &s->rb_cache, s->rt[i], &block) < 0)
+            continue;
+        for (uint64_t j = per_block; j-- > 0;)
+            if (qcow2_refcount_read(s, block, j))
+                return i * per_block + j + 1;
+    }
+    return 0;
+}
+
 /* ---- writing a fresh refcount structure ---------------------------------------------- */
 
 struct placement {
@@ -820,7 +841,9 @@ static int do_check(struct block_node *bs, struct block_check_result *res, unsig
     res->total_clusters = (int64_t)qcow2_size_to_clusters(s, bs->size);
 
     /* compare */
-    uint64_t n = m.n > fcl ? m.n : fcl;
+    uint64_t n = m.n > fcl ? m.n : fcl, stored = stored_end(bs, fcl);
+    if (stored > n)
+        n = stored;
     uint64_t highest = 0;
     bool need_rebuild = false;
     for (uint64_t c = 0; c < n; c++) {

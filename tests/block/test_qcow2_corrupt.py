@@ -110,6 +110,33 @@ def test_leak_found_and_repaired(tmp_path):
     assert_qemu_clean(path)
 
 
+@pytest.mark.parametrize("beyond", [1, 64, 300])
+def test_leak_past_end_of_file_found_and_repaired(tmp_path, beyond):
+    """Refcounts of clusters past the end of the file (counted ahead, never
+    given back): qemu-img check does not look there; vmm-img check reports
+    every one, however far past the end (within the refcount blocks), and
+    -r leaks drops them all."""
+    path = make(tmp_path)
+    img = Image(path)
+    end = os.path.getsize(path) // img.cs
+    leaked = list(range(end + beyond, end + beyond + 3))
+    for c in leaked:
+        img.set_refcount(c, 1)
+    assert_qemu_clean(path)
+    rc, out = check(vmm_path(), path)
+    assert rc == 3, out
+    for c in leaked:
+        assert "Leaked cluster %d refcount=1 reference=0" % c in out
+    vmm("check", "-r", "leaks", path)
+    rc, out = check(vmm_path(), path)
+    assert rc == 0 and "No errors were found" in out, out
+    for c in leaked:
+        with open(path, "rb") as f:
+            f.seek(img.refcount_off(c))
+            assert f.read(2) == bytes(2), c
+    assert_qemu_clean(path)
+
+
 def test_refcount_too_low_is_corruption(tmp_path):
     path = make(tmp_path)
     img = Image(path)

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -236,14 +237,39 @@ static void make_terminal_raw(void)
     }
 }
 
+/* The stdin reader and how main stops it: a byte on `stop` ends it, so the
+ * machine can be freed after it is joined (freeing closes the drives: a
+ * qcow2 image gives back the clusters it counted ahead for its writes). */
+struct stdin_reader {
+    vmm_machine *m;
+    int stop[2];                   /* pipe: [0] polled by the reader */
+    pthread_t thread;
+};
+
+/* Wait until stdin has input (1), or the reader is asked to stop (0). */
+static int wait_for_input(const struct stdin_reader *r)
+{
+    struct pollfd fds[2] = { { STDIN_FILENO, POLLIN, 0 }, { r->stop[0], POLLIN, 0 } };
+    for (;;) {
+        int n = poll(fds, 2, -1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 || fds[1].revents)
+            return 0;
+        return 1;                  /* data, EOF or an error: read() tells */
+    }
+}
+
 /* Forward stdin to the guest, handling the Ctrl-A escapes. */
 static void *stdin_thread(void *opaque)
 {
-    vmm_machine *m = opaque;
+    struct stdin_reader *r = opaque;
+    vmm_machine *m = r->m;
     bool escape = false;
     unsigned char buf[256];
-    ssize_t n;
-    while ((n = read(STDIN_FILENO, buf, sizeof(buf))) > 0 || (n < 0 && errno == EINTR)) {
+    ssize_t n = 0;
+    while (wait_for_input(r) &&
+           ((n = read(STDIN_FILENO, buf, sizeof(buf))) > 0 || (n < 0 && errno == EINTR))) {
         for (ssize_t i = 0; i < n; i++) {
             unsigned char ch = buf[i];
             if (escape) {
@@ -497,19 +523,27 @@ int main(int argc, char **argv)
     setup_serial(m, o.serial, &use_stdin);
     if (vmm_machine_start(m) < 0 || (o.qmp && vmm_control_serve(m, o.qmp) < 0))
         die_api();
+    struct stdin_reader reader = { m, { -1, -1 }, 0 };
+    bool reading = false;
     if (use_stdin) {
         make_terminal_raw();
-        pthread_t reader;
-        if (pthread_create(&reader, NULL, stdin_thread, m) == 0)
-            pthread_detach(reader);
+        reading = pipe2(reader.stop, O_CLOEXEC) == 0 &&
+                  pthread_create(&reader.thread, NULL, stdin_thread, &reader) == 0;
     }
     vmm_machine_wait(m, -1);
     restore_terminal();
     int status = exit_status(m);
-    /* The stdin reader may still be blocked in read(): leave without
-     * freeing the machine it uses; the process exit releases everything. */
-    if (!use_stdin)
-        vmm_machine_free(m);
+    if (reading) {
+        /* the reader uses the machine: it goes first */
+        while (write(reader.stop[1], "", 1) < 0 && errno == EINTR)
+            ;
+        pthread_join(reader.thread, NULL);
+    }
+    if (reader.stop[0] >= 0) {
+        close(reader.stop[0]);
+        close(reader.stop[1]);
+    }
+    vmm_machine_free(m);
     free(o.devices);
     free(o.drives);
     free(o.netdevs);
