@@ -9,15 +9,19 @@ if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
   echo "demo: /dev/kvm is missing or not accessible; libvmm needs KVM to run a guest" >&2
   exit 1
 fi
-cmd=("$vmm_run" --kernel "$guest" --cpus 2 --memory 256M --append demo
-     --device isa-debug-exit,iobase=0xf4,iosize=4 --serial stdio)
-echo "\$ ${cmd[*]}"
-echo "---- guest console ----"
-set +e
-"${cmd[@]}" </dev/null
-status=$?
-set -e
-echo "---- end of console ----"
+# boot ARGS...: run vmm-run with the console on stdout; sets $status.
+boot() {
+  local cmd=("$vmm_run" "$@" --device isa-debug-exit,iobase=0xf4,iosize=4 --serial stdio)
+  echo "\$ ${cmd[*]}"
+  echo "---- guest console ----"
+  set +e
+  "${cmd[@]}" </dev/null
+  status=$?
+  set -e
+  echo "---- end of console ----"
+}
+
+boot --kernel "$guest" --cpus 2 --memory 256M --append demo
 if [ "$status" -eq 33 ]; then
   echo "demo: the guest booted through PVH on 2 vCPUs, read the ACPI tables, the memory"
   echo "demo: map, the RTC, and exited through the test-exit port (status 33 = success)."
@@ -32,18 +36,10 @@ vmm_img=$build/tools/vmm-img/vmm-img
 disk=$(mktemp -d)/demo.qcow2
 trap 'rm -rf "$(dirname "$disk")"' EXIT
 "$vmm_img" create -q -f qcow2 "$disk" 4M
-cmd=("$vmm_run" --machine pc --kernel "$build/tests/guest/virtio/virtio-blk.elf" --memory 256M
-     --append "transport=pci getid=1 serial=demo-disk"
-     --drive "file=$disk,format=qcow2,discard=unmap,serial=demo-disk"
-     --device isa-debug-exit,iobase=0xf4,iosize=4 --serial stdio)
 echo
-echo "\$ ${cmd[*]}"
-echo "---- guest console ----"
-set +e
-"${cmd[@]}" </dev/null
-status=$?
-set -e
-echo "---- end of console ----"
+boot --machine pc --kernel "$build/tests/guest/virtio/virtio-blk.elf" --memory 256M \
+     --append "transport=pci getid=1 serial=demo-disk" \
+     --drive "file=$disk,format=qcow2,discard=unmap,serial=demo-disk"
 if [ "$status" -ne 33 ]; then
   echo "demo: the virtio-blk guest ended with status $status (33 means success)" >&2
   exit 1
