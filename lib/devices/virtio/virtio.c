@@ -153,7 +153,8 @@ void virtio_queue_done(struct virtio_device *vdev, unsigned q)
     if (vdev->broken || q >= vdev->num_queues)
         return;
     struct virtqueue *vq = &vdev->vqs[q];
-    virtqueue_set_notify(vq, true);
+    /* Driver notifications are run_queue's business (back on after each
+     * round); this only decides the interrupt. */
     if (virtqueue_should_notify(vq)) {
         vdev->isr |= VIRTIO_ISR_QUEUE;
         vdev->transport->notify_queue(vdev, vq);

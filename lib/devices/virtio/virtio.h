@@ -104,8 +104,8 @@ struct virtio_device {
 int virtio_pop(struct virtio_device *vdev, unsigned q, struct vq_chain *chain);
 void virtio_push(struct virtio_device *vdev, unsigned q, const struct vq_chain *chain,
                  uint32_t written);
-/* After a batch of pushes: interrupt the driver if it asked for one, and
- * re-arm notifications. */
+/* After a batch of pushes: interrupt the driver if it asked for one
+ * (driver notifications are re-armed by the core after each handler run). */
 void virtio_queue_done(struct virtio_device *vdev, unsigned q);
 /* The driver broke the rules: log, set NEEDS_RESET, config interrupt. */
 void virtio_set_broken(struct virtio_device *vdev, const char *fmt, ...) VMM_PRINTF(2, 3);
